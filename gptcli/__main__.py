@@ -1,0 +1,3 @@
+from gptcli.cli import main
+
+main()

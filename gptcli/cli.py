@@ -1,0 +1,144 @@
+"""The Typer app: parse options, call one function below, hand its events to render.
+
+Nothing heavy is imported at module level: `gptcli --help` must stay fast.
+Each command group lives in `gptcli/commands/` and registers itself here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+from gptcli.errors import ExitCode, GptcliError, Terminated
+
+
+def _error_line(message: str) -> None:
+    from gptcli.render import print_error
+
+    print_error(message)
+
+
+def _quiet_broken_pipe() -> None:
+    # The reader went away (`| head`): point stdout at /dev/null so the final flush
+    # at exit cannot raise again, and leave without a word.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+class GptcliGroup(TyperGroup):
+    """Translates GptcliError, Ctrl-C, SIGTERM, a closed pipe and usage errors into
+    one line on stderr and an exit code, where CliRunner still sees that code."""
+
+    def invoke(self, ctx):
+        previous = None
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread (some test runners)
+            pass
+        try:
+            return super().invoke(ctx)
+        except GptcliError as e:
+            _flush_stdout()
+            _error_line(e.message)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            _flush_stdout()
+            raise typer.Exit(ExitCode.CTRL_C) from None
+        except Terminated:
+            _flush_stdout()
+            raise typer.Exit(ExitCode.SIGTERM) from None
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            raise typer.Exit(ExitCode.BROKEN_PIPE) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # typer ships its own copy of Click; its exception types live there.
+        from typer._click.exceptions import ClickException
+
+        try:
+            rv = super().main(
+                args=args,
+                prog_name=prog_name or "gptcli",
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":
+                typer.echo(e.ctx.get_help())
+                code = 0
+            else:
+                _error_line(e.format_message())
+                code = e.exit_code
+            if not standalone_mode:
+                raise
+            sys.exit(code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            sys.exit(ExitCode.CTRL_C)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        _quiet_broken_pipe()
+
+
+app = typer.Typer(
+    cls=GptcliGroup,
+    name="gptcli",
+    help="Run, pipe, chat with and look inside a GPT-style language model.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+from gptcli.commands import doctor, generate  # noqa: E402  (register after app exists)
+
+generate.register(app)
+doctor.register(app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from gptcli import __version__
+
+        typer.echo(f"gptcli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Run, pipe, chat with and look inside a GPT-style language model."""
+
+
+def main() -> None:
+    app()

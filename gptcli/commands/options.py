@@ -1,0 +1,131 @@
+"""Options shared by the commands that run a model, and the code that turns them
+into an engine, a sampler and a prompt."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from gptcli.errors import UsageError
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-m",
+        "--model",
+        metavar="MODEL",
+        help="GGUF file or hub reference (owner/repo:QUANT). "
+        "Default: $GPTCLI_MODEL, else the embedded SmolLM2-135M-Instruct.",
+    ),
+]
+CtxOpt = Annotated[
+    int, typer.Option("--ctx", help="Context size in tokens (0: the model's, at most 4096).")
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="CPU threads (default: every usable core).")
+]
+GpuLayersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "-ngl",
+        "--gpu-layers",
+        help="Layers to offload to the GPU (default: all when the backend "
+        "supports it, else 0; -1: all).",
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log on stderr.")]
+
+TemperatureOpt = Annotated[
+    float, typer.Option("-t", "--temperature", help="Softmax temperature; 0 is greedy.")
+]
+TopKOpt = Annotated[int, typer.Option("--top-k", help="Keep the k most likely tokens (0: off).")]
+TopPOpt = Annotated[
+    float, typer.Option("--top-p", help="Keep the most likely tokens up to this mass (1: off).")
+]
+MinPOpt = Annotated[
+    float, typer.Option("--min-p", help="Drop tokens below this fraction of the top one.")
+]
+RepeatPenaltyOpt = Annotated[
+    float, typer.Option("--repeat-penalty", help="Penalise the last 64 tokens (1: off).")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: random).")]
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "-n",
+        "--max-tokens",
+        help="Stop after this many tokens (default: end of text or full context).",
+    ),
+]
+StopOpt = Annotated[
+    list[str] | None, typer.Option("--stop", help="Stop at this text (repeatable).")
+]
+SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt (chat models).")]
+
+
+def sampling_params(
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    min_p: float,
+    repeat_penalty: float,
+    seed: int | None,
+):
+    from gptcli.sampling import SamplingParams
+
+    return SamplingParams(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        seed=seed,
+    ).validate()
+
+
+def check_max_tokens(max_tokens: int | None) -> None:
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
+
+
+def load_engine(
+    model: str | None, ctx: int, threads: int | None, gpu_layers: int | None, verbose: bool
+):
+    """Resolve -m, check the file, and load it into llama.cpp."""
+    from gptcli import models
+    from gptcli.engine import Engine, EngineOptions
+
+    if ctx < 0:
+        raise UsageError(f"--ctx must be 0 (the model's) or more, got {ctx}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    ref = models.resolve(model)
+    return Engine(
+        ref.path,
+        EngineOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose),
+    )
+
+
+def read_input(prompt: str | None, *, required: bool = True) -> str:
+    """The prompt argument and, when stdin is not a terminal, stdin's text after a
+    blank line (or stdin alone)."""
+    piped = ""
+    stdin = sys.stdin
+    if stdin is not None and not stdin.isatty():
+        try:
+            data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+        except OSError:
+            data = b""
+        try:
+            piped = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"stdin is not valid UTF-8 (byte {e.start})") from None
+    if prompt and piped.strip():
+        text = f"{prompt}\n\n{piped}"
+    else:
+        text = prompt if prompt else piped
+    if required and not (text or "").strip():
+        raise UsageError("empty prompt: give PROMPT or pipe text on stdin")
+    return text or ""

@@ -1,0 +1,326 @@
+"""The only module that touches llama.cpp (through llama-cpp-python).
+
+Load a GGUF file (memory-mapped), tokenize and detokenize, evaluate tokens in
+batches, hand back the last position's logits, and keep the evaluated prefix in
+the KV cache so the next call only evaluates what is new.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gptcli.errors import GptcliError, UsageError
+from gptcli.gguf_check import GGUFHeader, read_header
+
+DEFAULT_CTX = 4096
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity-aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class EngineOptions:
+    n_ctx: int = 0  # 0: the model's trained context, capped at DEFAULT_CTX
+    n_threads: int | None = None  # None: every usable core
+    n_gpu_layers: int | None = None  # None: all layers when the backend can offload
+    n_batch: int = 512
+    verbose: bool = False
+
+
+_log_callback = None  # keep the ctypes callback alive for the process
+
+
+def _llama():
+    """Import llama_cpp once, silence its logging, initialise the backend."""
+    global _log_callback
+    import llama_cpp
+
+    if _log_callback is None:
+
+        @llama_cpp.llama_log_callback
+        def _quiet(level, text, user_data):  # llama.cpp writes to stderr otherwise
+            return None
+
+        _log_callback = _quiet
+        llama_cpp.llama_backend_init()
+    return llama_cpp
+
+
+def set_verbose(verbose: bool) -> None:
+    """Let llama.cpp's own log through to stderr (`--verbose`), or silence it."""
+    llama_cpp = _llama()
+    if verbose:
+        llama_cpp.llama_log_set(None, ctypes.c_void_p(0))  # llama.cpp's default: stderr
+    else:
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+def supports_gpu_offload() -> bool:
+    return bool(_llama().llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    return _llama().llama_print_system_info().decode("utf-8", errors="replace").strip()
+
+
+def backend_version() -> str:
+    import llama_cpp
+
+    return getattr(llama_cpp, "__version__", "unknown")
+
+
+class Engine:
+    """A loaded model and one context (sequence 0) with its evaluated tokens."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        options: EngineOptions | None = None,
+        header: GGUFHeader | None = None,
+    ):
+        options = options or EngineOptions()
+        self.path = Path(path)
+        # Untrusted file: our own bounded header check runs before llama.cpp reads it.
+        self.header = header or read_header(self.path)
+        llama_cpp = _llama()
+        set_verbose(options.verbose)
+        from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
+
+        t0 = time.perf_counter()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.use_mmap = True
+        n_gpu = options.n_gpu_layers
+        if n_gpu is None:
+            n_gpu = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        mparams.n_gpu_layers = n_gpu
+        try:
+            self._model = LlamaModel(
+                path_model=str(self.path), params=mparams, verbose=options.verbose
+            )
+        except (ValueError, RuntimeError):
+            raise GptcliError(
+                f"llama.cpp could not load {self.path} (unsupported architecture or "
+                "damaged file; run with --verbose for llama.cpp's log)"
+            ) from None
+        self.n_ctx_train = int(self._model.n_ctx_train())
+        n_ctx = options.n_ctx or min(self.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+        if n_ctx < 8:
+            raise UsageError(f"--ctx must be at least 8 tokens, got {n_ctx}")
+        self.n_threads = options.n_threads or usable_cores()
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = min(options.n_batch, n_ctx)
+        cparams.n_ubatch = min(options.n_batch, n_ctx)
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads
+        cparams.n_seq_max = 1
+        try:
+            self._ctx = LlamaContext(model=self._model, params=cparams, verbose=options.verbose)
+        except (ValueError, RuntimeError):
+            self._model.close()
+            raise GptcliError(
+                f"llama.cpp could not create a context of {n_ctx} tokens for {self.path} "
+                "(out of memory? try a smaller --ctx)"
+            ) from None
+        # llama.cpp may round the context up (to 256); keep to what the user asked for.
+        self.n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx(self._ctx.ctx)))
+        self.n_batch = int(cparams.n_batch)
+        self._batch = LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1)
+        self._vocab = self._model.vocab
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self.n_gpu_layers = n_gpu
+        self.load_seconds = time.perf_counter() - t0
+        self.tokens: list[int] = []  # what the KV cache holds, in order
+        self.last_prefill_evaluated = 0  # tokens the last prefill had to evaluate
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._lib = llama_cpp
+
+    # -- model facts -------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return str(self.header.metadata.get("general.name") or self.path.name)
+
+    @property
+    def chat_template(self) -> str | None:
+        tpl = self.header.metadata.get("tokenizer.chat_template")
+        return tpl if isinstance(tpl, str) and tpl.strip() else None
+
+    @property
+    def bos_id(self) -> int:
+        return int(self._lib.llama_vocab_bos(self._vocab))
+
+    @property
+    def eos_id(self) -> int:
+        return int(self._lib.llama_vocab_eos(self._vocab))
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(self._lib.llama_vocab_get_add_bos(self._vocab))
+
+    def is_eog(self, token: int) -> bool:
+        """End of generation: EOS, EOT and the like."""
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    def is_control(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_control(self._vocab, token))
+
+    # -- text <-> tokens ---------------------------------------------------
+
+    def tokenize(
+        self, text: str, *, add_bos: bool | None = None, special: bool = False
+    ) -> list[int]:
+        """Text to token ids. `special` parses special tokens such as `<|im_start|>`."""
+        if add_bos is None:
+            add_bos = self.add_bos
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (self._lib.llama_token * n_max)()
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_bos, special)
+        if n < 0:  # buffer too small: llama.cpp says how much it needs
+            n_max = -n
+            buf = (self._lib.llama_token * n_max)()
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_bos, special)
+            if n < 0:
+                raise GptcliError("llama.cpp failed to tokenize the text")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The exact bytes of one token (special tokens rendered as their text)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        if not 0 <= token < self.n_vocab:
+            raise GptcliError(f"token id {token} is outside the vocabulary (0..{self.n_vocab - 1})")
+        buf = self._piece_buf
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        piece = bytes(buf.raw[:n])
+        self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> bytes:
+        return b"".join(self.piece(t) for t in tokens)
+
+    # -- evaluation --------------------------------------------------------
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def _check_room(self, n_new: int) -> None:
+        if self.n_past + n_new > self.n_ctx:
+            raise ContextFull(self.n_past + n_new, self.n_ctx)
+
+    def _decode(self, tokens: Sequence[int], logits_all: bool = False) -> None:
+        """Evaluate tokens after the current ones, in batches of n_batch."""
+        self._check_room(len(tokens))
+        batch = self._batch.batch
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            n_past = self.n_past
+            for i, tok in enumerate(chunk):
+                batch.token[i] = tok
+                batch.pos[i] = n_past + i
+                batch.seq_id[i][0] = 0
+                batch.n_seq_id[i] = 1
+                batch.logits[i] = logits_all
+            batch.logits[len(chunk) - 1] = True
+            batch.n_tokens = len(chunk)
+            rc = self._lib.llama_decode(self._ctx.ctx, batch)
+            if rc != 0:
+                self.forget_from(n_past)
+                if rc == 1:
+                    raise ContextFull(n_past + len(chunk), self.n_ctx)
+                raise GptcliError(f"llama.cpp failed to evaluate the tokens (llama_decode {rc})")
+            self.tokens.extend(chunk)
+
+    def last_logits(self) -> np.ndarray:
+        """The logits of the last evaluated position: a view, valid until the next call."""
+        ptr = self._lib.llama_get_logits_ith(self._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def forget_from(self, n: int) -> None:
+        """Drop evaluated tokens from position n on, in the KV cache too.
+
+        Runs even when n == n_past: an interrupt between a decode and its bookkeeping
+        can leave a cell in the cache that `tokens` does not list."""
+        mem = self._ctx.memory
+        ok = self._lib.llama_memory_seq_rm(mem, 0, n, -1) if mem is not None else False
+        if not ok:  # some caches (recurrent, SWA) cannot drop a tail: start over
+            if mem is not None:
+                self._lib.llama_memory_clear(mem, True)
+            n = 0
+        del self.tokens[n:]
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        """Make the context hold exactly `tokens`, evaluating only what is not cached
+        yet, and return the logits for the next token."""
+        if not tokens:
+            raise UsageError("nothing to evaluate: the prompt is empty")
+        if len(tokens) > self.n_ctx:
+            raise ContextFull(len(tokens), self.n_ctx)
+        common = 0
+        limit = min(len(tokens), self.n_past)
+        while common < limit and self.tokens[common] == tokens[common]:
+            common += 1
+        common = min(common, len(tokens) - 1)  # the last token must run to give logits
+        self.forget_from(common)
+        self.last_prefill_evaluated = len(tokens) - common
+        self._decode(list(tokens[common:]))
+        return self.last_logits()
+
+    def step(self, token: int) -> np.ndarray:
+        """Evaluate one more token and return the logits for the next."""
+        self._decode((token,))
+        return self.last_logits()
+
+    def evaluate_all(self, tokens: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """Evaluate `tokens` after the current context, yielding (index, logits rows) per
+        batch: row j predicts the token after tokens[index + j]."""
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = list(tokens[start : start + self.n_batch])
+            self._decode(chunk, logits_all=True)
+            ptr = self._lib.llama_get_logits(self._ctx.ctx)
+            yield start, np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab))
+
+    def reset(self) -> None:
+        self.forget_from(0)
+
+    def close(self) -> None:
+        for part in ("_batch", "_ctx", "_model"):
+            obj = getattr(self, part, None)
+            if obj is not None:
+                obj.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ContextFull(GptcliError):
+    """More tokens than the context holds."""
+
+    def __init__(self, needed: int, n_ctx: int):
+        super().__init__(
+            f"the text needs {needed} tokens but the context holds {n_ctx} "
+            "(raise --ctx or shorten the input)"
+        )
+        self.needed, self.n_ctx = needed, n_ctx

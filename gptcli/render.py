@@ -1,0 +1,96 @@
+"""How things look: streaming text on stdout, notices, errors and stats on stderr.
+
+stdout carries content only. Consoles are built lazily (rich fixes its colour
+detection when a Console is created), and rich already honours NO_COLOR,
+FORCE_COLOR and pipes.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gptcli.generation import Finish, TokenEvent
+
+
+@cache
+def _console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def stderr_console() -> Console:
+    return _console(True)
+
+
+def stdout_console() -> Console:
+    return _console(False)
+
+
+def print_error(message: str) -> None:
+    """One line on stderr: `gptcli: error: ...`."""
+    console = stderr_console()
+    from rich.text import Text
+
+    line = Text("gptcli: error: ", style="bold red")
+    line.append(message.replace("\n", " "))
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    """A dim informational line on stderr."""
+    from rich.text import Text
+
+    stderr_console().print(Text(message, style="dim"), soft_wrap=True)
+
+
+class TextRenderer:
+    """Plain streaming: each event's released text to stdout, flushed at once."""
+
+    def __init__(self, out=None):
+        self.out = out or sys.stdout
+        self._last = ""
+
+    def token(self, event: TokenEvent) -> None:
+        if event.text:
+            self.out.write(event.text)
+            self.out.flush()
+            self._last = event.text
+
+    def finish(self, finish: Finish | None) -> None:
+        if finish is not None and finish.text:
+            self.out.write(finish.text)
+            self._last = finish.text
+        # End on a newline, so the shell prompt and `wc -l` see whole lines.
+        if self._last and not self._last.endswith("\n"):
+            self.out.write("\n")
+        self.out.flush()
+
+
+def print_stats(finish: Finish) -> None:
+    """Load, prompt and generation figures on stderr (`--stats`)."""
+    t = finish.timings
+    gen_tps = finish.generation_tps()
+    lines = [
+        f"load        {t.load_s:8.3f} s",
+        f"prompt      {finish.prompt_tokens:5d} tokens ({t.prompt_tokens_evaluated} evaluated) "
+        f"in {t.prompt_s:.3f} s, {t.prompt_tps():.1f} tokens/s",
+        f"generation  {finish.completion_tokens:5d} tokens in {t.generation_s:.3f} s, "
+        f"{gen_tps:.1f} tokens/s",
+        f"first token {t.ttft_s:8.3f} s",
+        f"finish      {finish.reason}",
+    ]
+    from rich.text import Text
+
+    for line in lines:
+        stderr_console().print(Text(line, style="dim"), soft_wrap=True)
+
+
+FINISH_NOTICES = {
+    "context": "stopped: the context is full ({n_ctx} tokens); raise --ctx for longer text",
+}

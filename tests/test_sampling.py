@@ -1,0 +1,122 @@
+"""The sampler alone: arrays in, arrays out, no model needed."""
+
+import math
+
+import numpy as np
+import pytest
+
+from gptcli.errors import UsageError
+from gptcli.sampling import (
+    Sampler,
+    SamplingParams,
+    apply_repetition_penalty,
+    min_p_count,
+    softmax,
+    top_k_ids,
+    top_p_count,
+)
+
+
+def test_softmax_sums_to_one_and_is_stable_for_huge_logits():
+    p = softmax(np.array([1000.0, 999.0, 0.0]))
+    assert p.sum() == pytest.approx(1.0)
+    assert p[0] == pytest.approx(1 / (1 + math.exp(-1)), rel=1e-9)
+
+
+def test_temperature_sharpens_and_flattens():
+    logits = np.array([2.0, 1.0, 0.0])
+    cold, hot = softmax(logits, 0.5), softmax(logits, 2.0)
+    assert cold[0] > softmax(logits)[0] > hot[0]
+
+
+def test_top_k_keeps_exactly_the_k_largest_in_order():
+    logits = np.array([0.1, 3.0, -1.0, 2.0, 2.5], dtype=np.float32)
+    assert top_k_ids(logits, 3).tolist() == [1, 4, 3]
+    assert top_k_ids(logits, 0).tolist() == [1, 4, 3, 0, 2]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_the_mass():
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    assert top_p_count(probs, 0.5) == 1
+    assert top_p_count(probs, 0.51) == 2
+    assert top_p_count(probs, 0.8) == 2
+    assert top_p_count(probs, 0.81) == 3
+    assert top_p_count(probs, 1.0) == 4
+
+
+def test_min_p_keeps_tokens_above_a_fraction_of_the_top():
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    assert min_p_count(probs, 0.3) == 3  # 0.15 >= 0.15
+    assert min_p_count(probs, 0.31) == 2
+    assert min_p_count(probs, 0.0) == 4
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative():
+    logits = np.array([2.0, -2.0, 1.0], dtype=np.float32)
+    apply_repetition_penalty(logits, [0, 1, 0], 2.0)
+    assert logits.tolist() == [1.0, -4.0, 1.0]
+
+
+def test_temperature_zero_is_argmax():
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal(1000).astype(np.float32)
+    sampler = Sampler(SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0), 1000)
+    for _ in range(3):
+        assert sampler.sample(logits).token == int(np.argmax(logits))
+
+
+def test_distribution_is_the_truncated_one_and_sums_to_one():
+    logits = np.log(np.array([0.4, 0.3, 0.2, 0.1], dtype=np.float32))
+    sampler = Sampler(SamplingParams(temperature=1.0, top_k=3, top_p=1.0, min_p=0.0, seed=0), 4)
+    draw = sampler.sample(logits)
+    assert draw.ids.tolist() == [0, 1, 2]
+    assert draw.probs.sum() == pytest.approx(1.0)
+    assert draw.probs.tolist() == pytest.approx([0.4 / 0.9, 0.3 / 0.9, 0.2 / 0.9], rel=1e-6)
+    assert draw.prob == pytest.approx(draw.probs[draw.ids.tolist().index(draw.token)])
+
+
+def test_draws_follow_the_distribution():
+    logits = np.log(np.array([0.7, 0.2, 0.1], dtype=np.float32))
+    sampler = Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=42), 3)
+    counts = np.bincount([sampler.sample(logits).token for _ in range(4000)], minlength=3)
+    assert counts / counts.sum() == pytest.approx([0.7, 0.2, 0.1], abs=0.03)
+
+
+def test_same_seed_same_tokens():
+    logits = np.random.default_rng(0).standard_normal(500).astype(np.float32)
+    params = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=7)
+    a = [Sampler(params, 500).sample(logits).token for _ in range(1)]
+    s1, s2 = Sampler(params, 500), Sampler(params, 500)
+    assert [s1.sample(logits).token for _ in range(20)] == [
+        s2.sample(logits).token for _ in range(20)
+    ]
+    assert a
+
+
+def test_model_logprob_and_alternatives():
+    logits = np.array([3.0, 1.0, 0.5, -1.0], dtype=np.float32)
+    sampler = Sampler(SamplingParams(temperature=0.0, top_k=2, top_p=1.0, min_p=0.0), 4)
+    draw = sampler.sample(logits, n_top=3, model_probs=True)
+    expected = np.log(softmax(logits))
+    assert draw.model_logprob == pytest.approx(expected[0])
+    assert [a.id for a in draw.top] == [0, 1, 2]
+    assert [a.model_logprob for a in draw.top] == pytest.approx(expected[:3].tolist())
+    assert draw.top[2].logprob is None  # cut by top-k: could not have been drawn
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": -0.1},
+        {"temperature": float("nan")},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"min_p": -0.1},
+        {"top_k": -1},
+        {"repeat_penalty": 0.0},
+        {"seed": -1},
+    ],
+)
+def test_invalid_parameters_are_usage_errors(kwargs):
+    with pytest.raises(UsageError):
+        SamplingParams(**kwargs).validate()
