@@ -113,10 +113,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from gptcli.commands import doctor, generate  # noqa: E402  (register after app exists)
+# One module per command group in gptcli/commands/, each with register(app).
+# Imported at start-up: they must import nothing heavy at module level.
+COMMAND_MODULES = (
+    "generate",
+    "doctor",
+)
 
-generate.register(app)
-doctor.register(app)
+
+def _register_commands() -> None:
+    from importlib import import_module
+
+    for name in COMMAND_MODULES:
+        import_module(f"gptcli.commands.{name}").register(app)
+
+
+_register_commands()
 
 
 def _print_version(value: bool) -> None:
