@@ -55,10 +55,9 @@ class SamplingParams:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Probabilities from logits at a temperature (> 0), computed stably."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max()
-    e = np.exp(z)
+    """Probabilities (float64) from logits at a temperature (> 0), computed stably."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp((z - z.max()) / temperature)
     return e / e.sum()
 
 
@@ -68,8 +67,9 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def logsumexp(logits: np.ndarray) -> float:
-    m = float(np.max(logits))
-    return m + math.log(float(np.sum(np.exp(np.asarray(logits, dtype=np.float64) - m))))
+    """log(sum(exp(logits))), stably; float32 exponentials, a float64 sum."""
+    m = np.max(logits)
+    return float(m) + math.log(float(np.sum(np.exp(logits - m), dtype=np.float64)))
 
 
 def apply_repetition_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> None:
@@ -124,7 +124,7 @@ class Draw:
 
     token: int
     prob: float  # the token's probability under the sampled distribution
-    ids: np.ndarray  # the candidates kept, most likely first
+    ids: np.ndarray  # the candidates kept: most likely first, or all ids in order if none cut
     probs: np.ndarray  # their probabilities: the distribution drawn from (sums to 1)
     model_logprob: float | None = None  # filled when asked for
     top: tuple[Alternative, ...] = ()
@@ -141,6 +141,32 @@ class Sampler:
         self.params = params.validate()
         self.rng = np.random.default_rng(params.seed)
         self._work = np.empty(n_vocab, dtype=np.float32)  # reused every step
+        self._where = np.full(n_vocab, -1, dtype=np.int64)  # id -> index in the kept set
+
+    def _candidates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The candidates that survive top-k and min-p bounds, most likely first, with the
+        probabilities top-p is measured on; None when nothing can be cut."""
+        p = self.params
+        if 0 < p.top_k < x.shape[0]:
+            ids = top_k_ids(x, p.top_k)
+            # As llama.cpp: top-p and min-p act on the top-k set, renormalised.
+            return ids, softmax(x[ids])
+        if p.top_p >= 1.0 and p.min_p <= 0.0:
+            return None
+        lse = logsumexp(x)
+        if p.min_p > 0.0:
+            # p >= min_p * p_max  <=>  x >= x_max + ln(min_p): bounds the set before sorting.
+            keep = np.flatnonzero(x >= x.max() + math.log(p.min_p))
+            ids = keep[np.argsort(-x[keep], kind="stable")]
+            return ids, np.exp(x[ids].astype(np.float64) - lse)
+        # top-p alone: grow a partial sort until it holds the mass (exact, rarely full).
+        k = 64
+        while True:
+            ids = top_k_ids(x, k)
+            probs = np.exp(x[ids].astype(np.float64) - lse)
+            if probs.sum() >= p.top_p or k >= x.shape[0]:
+                return ids, probs
+            k *= 16
 
     def sample(
         self,
@@ -160,27 +186,24 @@ class Sampler:
         np.copyto(x, logits)
         if p.repeat_penalty != 1.0 and p.repeat_last_n:
             apply_repetition_penalty(x, history[-p.repeat_last_n :], p.repeat_penalty)
-
-        if p.top_k > 0:
-            ids = top_k_ids(x, p.top_k)
-        elif p.min_p > 0:
-            # min-p bounds the set before sorting: p >= min_p * p_max <=> x >= x_max + ln min_p
-            keep = np.flatnonzero(x >= x.max() + math.log(p.min_p))
-            ids = keep[np.argsort(-x[keep], kind="stable")]
+        temperature = p.temperature or 1.0  # greedy reports the distribution at T=1
+        found = self._candidates(x)
+        if found is None:
+            # Nothing cut: the whole vocabulary, in id order.
+            ranked = None
+            ids = np.arange(x.shape[0])
+            probs = softmax(x, temperature)
         else:
-            ids = top_k_ids(x, 0)
-        kept_logits = x[ids].astype(np.float64)
-        probs = softmax(kept_logits)
-        n = min(top_p_count(probs, p.top_p), min_p_count(probs, p.min_p))
-        ids, kept_logits = ids[:n], kept_logits[:n]
-
-        if p.temperature == 0.0 or n == 1:
-            probs = softmax(kept_logits)
-            i = 0
+            ranked, base = found
+            n = min(top_p_count(base, p.top_p), min_p_count(base, p.min_p))
+            ids = ranked[:n]
+            probs = softmax(x[ids], temperature)
+        if p.temperature == 0.0:
+            i = int(np.argmax(probs))
         else:
-            probs = softmax(kept_logits, p.temperature)
             cum = np.cumsum(probs)
-            i = min(int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right")), n - 1)
+            i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
+            i = min(i, len(probs) - 1)
         token = int(ids[i])
 
         model_lp = None
@@ -189,13 +212,21 @@ class Sampler:
             lse = logsumexp(logits)
             model_lp = float(logits[token]) - lse
             if n_top:
-                sampled = {int(t): float(q) for t, q in zip(ids, probs, strict=True)}
-                top = tuple(
-                    Alternative(
-                        int(t),
-                        float(logits[t]) - lse,
-                        math.log(sampled[int(t)]) if sampled.get(int(t), 0.0) > 0 else None,
-                    )
-                    for t in top_k_ids(x, n_top)
-                )
+                top = self._alternatives(logits, lse, ranked, ids, probs, n_top)
         return Draw(token, float(probs[i]), ids, probs, model_lp, top)
+
+    def _alternatives(self, logits, lse, ranked, ids, probs, n_top) -> tuple[Alternative, ...]:
+        # The most likely candidates in the sampler's order; `ranked` already holds them
+        # when it is long enough, else a partial sort of the working logits.
+        top_ids = ranked[:n_top] if ranked is not None and len(ranked) >= n_top else None
+        if top_ids is None:
+            top_ids = top_k_ids(self._work, n_top)
+        where = self._where
+        where[ids] = np.arange(len(ids))
+        out = []
+        for t in top_ids.tolist():
+            j = where[t]
+            q = float(probs[j]) if j >= 0 else 0.0
+            out.append(Alternative(t, float(logits[t]) - lse, math.log(q) if q > 0 else None))
+        where[ids] = -1
+        return tuple(out)
