@@ -76,15 +76,21 @@ def print_stats(finish: Finish) -> None:
     """Load, prompt and generation figures on stderr (`--stats`)."""
     t = finish.timings
     gen_tps = finish.generation_tps()
-    lines = [
-        f"load        {t.load_s:8.3f} s",
-        f"prompt      {finish.prompt_tokens:5d} tokens ({t.prompt_tokens_evaluated} evaluated) "
-        f"in {t.prompt_s:.3f} s, {t.prompt_tps():.1f} tokens/s",
-        f"generation  {finish.completion_tokens:5d} tokens in {t.generation_s:.3f} s, "
-        f"{gen_tps:.1f} tokens/s",
-        f"first token {t.ttft_s:8.3f} s",
-        f"finish      {finish.reason}",
+    rows = [
+        ("load", f"{t.load_s:.3f} s"),
+        (
+            "prompt",
+            f"{finish.prompt_tokens} tokens ({t.prompt_tokens_evaluated} evaluated) "
+            f"in {t.prompt_s:.3f} s, {t.prompt_tps():.1f} tokens/s",
+        ),
+        (
+            "generation",
+            f"{finish.completion_tokens} tokens in {t.generation_s:.3f} s, {gen_tps:.1f} tokens/s",
+        ),
+        ("first token", f"{t.ttft_s:.3f} s"),
+        ("finish", finish.reason),
     ]
+    lines = [f"{label:<12}{value}" for label, value in rows]
     from rich.text import Text
 
     for line in lines:
