@@ -118,6 +118,7 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "generate",
     "doctor",
+    "anatomy",
 )
 
 

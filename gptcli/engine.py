@@ -18,6 +18,7 @@ import numpy as np
 
 from gptcli.errors import GptcliError, UsageError
 from gptcli.gguf_check import GGUFHeader, read_header
+from gptcli.resources import check_model_fits
 
 DEFAULT_CTX = 4096
 
@@ -37,6 +38,7 @@ class EngineOptions:
     n_gpu_layers: int | None = None  # None: all layers when the backend can offload
     n_batch: int = 512
     verbose: bool = False
+    vocab_only: bool = False  # tokenizer only: no weights read, no context (tokenize)
 
 
 _log_callback = None  # keep the ctypes callback alive for the process
@@ -94,6 +96,8 @@ class Engine:
         self.path = Path(path)
         # Untrusted file: our own bounded header check runs before llama.cpp reads it.
         self.header = header or read_header(self.path)
+        if not options.vocab_only:  # a tokenizer-only load reads no weights
+            check_model_fits(self.path, self.header.file_size)
         llama_cpp = _llama()
         set_verbose(options.verbose)
         from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
@@ -105,6 +109,7 @@ class Engine:
         if n_gpu is None:
             n_gpu = -1 if llama_cpp.llama_supports_gpu_offload() else 0
         mparams.n_gpu_layers = n_gpu
+        mparams.vocab_only = options.vocab_only
         try:
             self._model = LlamaModel(
                 path_model=str(self.path), params=mparams, verbose=options.verbose
@@ -115,6 +120,9 @@ class Engine:
                 "damaged file; run with --verbose for llama.cpp's log)"
             ) from None
         self.n_ctx_train = int(self._model.n_ctx_train())
+        if options.vocab_only:
+            self._init_vocab(llama_cpp, n_gpu, t0)
+            return
         n_ctx = options.n_ctx or min(self.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
         if n_ctx < 8:
             raise UsageError(f"--ctx must be at least 8 tokens, got {n_ctx}")
@@ -138,6 +146,10 @@ class Engine:
         self.n_ctx = min(n_ctx, int(llama_cpp.llama_n_ctx(self._ctx.ctx)))
         self.n_batch = int(cparams.n_batch)
         self._batch = LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1)
+        self._init_vocab(llama_cpp, n_gpu, t0)
+
+    def _init_vocab(self, llama_cpp, n_gpu: int, t0: float) -> None:
+        """State for tokenizing and detokenizing; all a vocab-only engine has."""
         self._vocab = self._model.vocab
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self.n_gpu_layers = n_gpu
@@ -186,7 +198,10 @@ class Engine:
         """Text to token ids. `special` parses special tokens such as `<|im_start|>`."""
         if add_bos is None:
             add_bos = self.add_bos
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:  # undecodable argv bytes arrive as surrogates
+            raise UsageError(f"the text is not valid UTF-8 (character {e.start})") from None
         n_max = len(data) + 8
         buf = (self._lib.llama_token * n_max)()
         n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_bos, special)
