@@ -4,10 +4,18 @@ A model file is untrusted input. llama.cpp and the `gguf` package both trust
 counts and lengths from the file (gguf 0.19 loops for ever on an array that
 claims 2**63 elements), so every count, length and offset is checked here
 against the file size first, with a bounded parser of our own.
+
+Beyond the format itself, the checks refuse what the vendored llama.cpp
+(llama-cpp-python 0.3.36) is known to abort or misread on: duplicate tokens
+(a GGML_ASSERT in llama-vocab), tokenizer arrays of the wrong element type or
+length (CVE-2025-49847 and later fixes), a block count outside 1..512 or an
+unknown rope scaling type (GGML_ASSERTs in llama-model), tensors that are not
+laid out one after the other, tensor names of 64 bytes or more.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -19,6 +27,12 @@ GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4
 MAX_KEY_BYTES = 65_536
+MAX_TENSOR_NAME_BYTES = 63  # GGML_MAX_NAME is 64, with the terminating NUL
+MAX_STRING_BYTES = 1 << 30  # llama.cpp's GGUF_MAX_STRING_LENGTH
+MAX_ARRAY_ELEMENTS = 1 << 30  # llama.cpp's GGUF_MAX_ARRAY_ELEMENTS
+MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS: more aborts the process
+MAX_TOKENS = (1 << 31) - 1  # token ids are int32
+INT64_MAX = (1 << 63) - 1
 DEFAULT_ALIGNMENT = 32
 
 # Metadata value types (gguf spec): struct format, or None for variable size.
@@ -35,18 +49,68 @@ _SCALARS = {
     11: "<q",  # int64
     12: "<d",  # float64
 }
+T_UINT32, T_INT32, T_FLOAT32 = 4, 5, 6
 T_STRING, T_ARRAY = 8, 9
+_INTEGER_TYPES = {0, 1, 2, 3, 4, 5, 10, 11}
+_FLOAT_TYPES = {6, 12}
 
 # Arrays longer than this are kept as a summary, not as Python values.
 KEEP_ARRAY_MAX = 64
 
-# Keys whose element type llama.cpp assumes without checking (tokenizer CVEs).
+# Array keys llama.cpp reads with a fixed element type (tokenizer CVEs): the
+# element types llama-vocab.cpp accepts for each.
 _EXPECTED_ARRAY_TYPES = {
     "tokenizer.ggml.tokens": {T_STRING},
     "tokenizer.ggml.merges": {T_STRING},
-    "tokenizer.ggml.scores": {6},
-    "tokenizer.ggml.token_type": {5, 4},
+    "tokenizer.ggml.scores": {T_FLOAT32, T_INT32},
+    "tokenizer.ggml.token_type": {T_INT32},
 }
+TOKENS_KEY = "tokenizer.ggml.tokens"
+
+# (block size, bytes per block) of every tensor type the vendored ggml can read
+# from a file (ggml.c type_traits). Removed types (4, 5, 31-33, 36-38) have a
+# block size of 0 there and are refused. Kept here rather than taken from the
+# gguf package, whose table may name types this llama.cpp does not know.
+TENSOR_TYPES: dict[int, tuple[int, int]] = {
+    0: (1, 4),  # F32
+    1: (1, 2),  # F16
+    2: (32, 18),  # Q4_0
+    3: (32, 20),  # Q4_1
+    6: (32, 22),  # Q5_0
+    7: (32, 24),  # Q5_1
+    8: (32, 34),  # Q8_0
+    9: (32, 40),  # Q8_1
+    10: (256, 84),  # Q2_K
+    11: (256, 110),  # Q3_K
+    12: (256, 144),  # Q4_K
+    13: (256, 176),  # Q5_K
+    14: (256, 210),  # Q6_K
+    15: (256, 292),  # Q8_K
+    16: (256, 66),  # IQ2_XXS
+    17: (256, 74),  # IQ2_XS
+    18: (256, 98),  # IQ3_XXS
+    19: (256, 50),  # IQ1_S
+    20: (32, 18),  # IQ4_NL
+    21: (256, 110),  # IQ3_S
+    22: (256, 82),  # IQ2_S
+    23: (256, 136),  # IQ4_XS
+    24: (1, 1),  # I8
+    25: (1, 2),  # I16
+    26: (1, 4),  # I32
+    27: (1, 8),  # I64
+    28: (1, 8),  # F64
+    29: (256, 56),  # IQ1_M
+    30: (1, 2),  # BF16
+    34: (256, 54),  # TQ1_0
+    35: (256, 66),  # TQ2_0
+    39: (32, 17),  # MXFP4
+    40: (64, 36),  # NVFP4
+    41: (128, 18),  # Q1_0
+    42: (64, 18),  # Q2_0
+}
+
+# llama-model.cpp: any other value of {arch}.rope.scaling.type aborts.
+ROPE_SCALING_TYPES = {"none", "linear", "yarn", "longrope"}
 
 
 class GGUFError(GptcliError):
@@ -85,6 +149,8 @@ class GGUFHeader:
     metadata: dict[str, object] = field(default_factory=dict)
     tensors: list[TensorInfo] = field(default_factory=list)
     data_offset: int = 0
+    # GGUF value type of each key, and the element type for arrays.
+    types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -95,12 +161,20 @@ class GGUFHeader:
         return self.metadata.get(key.replace("{arch}", self.architecture), default)
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """Text from the file made safe for one terminal line: control characters (escape
+    sequences, newlines) shown escaped, and the length bounded."""
+    if len(text) > limit:
+        text = text[: limit // 2] + "..." + text[-limit // 2 :]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _Reader:
     def __init__(self, buf, size: int, name: str):
         self.buf, self.size, self.pos, self.name = buf, size, 0, name
 
     def fail(self, what: str) -> GGUFError:
-        return GGUFError(f"model file is not valid GGUF: {what} ({self.name})")
+        return GGUFError(f"model file is not valid GGUF: {printable(what)} ({self.name})")
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -119,58 +193,73 @@ class _Reader:
     def u64(self, what: str) -> int:
         return self.unpack("<Q", what)
 
-    def string(self, what: str, limit: int | None = None) -> str:
+    def raw_string(self, what: str, limit: int = MAX_STRING_BYTES) -> bytes:
         n = self.u64(f"{what} length")
-        if limit is not None and n > limit:
-            raise self.fail(f"{what} is {n} bytes long")
+        if n > limit:
+            raise self.fail(f"{what} claims {n} bytes")
         self.need(n, what)
         raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
-        return raw.decode("utf-8", errors="replace")
+        return raw
+
+    def string(self, what: str, limit: int = MAX_STRING_BYTES) -> str:
+        return self.raw_string(what, limit).decode("utf-8", errors="replace")
 
     def skip_string(self, what: str) -> None:
         n = self.u64(f"{what} length")
+        if n > MAX_STRING_BYTES:
+            raise self.fail(f"{what} claims {n} bytes")
         self.need(n, what)
         self.pos += n
 
-    def value(self, vtype: int, key: str, depth: int = 0):
+    def value(self, vtype: int, key: str):
+        """One metadata value; returns (value, element type for arrays or None)."""
         if vtype in _SCALARS:
-            return self.unpack(_SCALARS[vtype], f"value of {key}")
+            return self.unpack(_SCALARS[vtype], f"value of {key}"), None
         if vtype == T_STRING:
-            return self.string(f"value of {key}")
-        if vtype == T_ARRAY:
-            if depth > 0:
-                raise self.fail(f"nested array in {key}")
-            etype = self.u32(f"array type of {key}")
-            count = self.u64(f"array length of {key}")
-            if etype in _SCALARS:
-                width = struct.calcsize(_SCALARS[etype])
-                self.need(count * width, f"array {key} ({count} elements)")
-                if count <= KEEP_ARRAY_MAX:
-                    values = list(
-                        struct.unpack_from(f"<{count}{_SCALARS[etype][1]}", self.buf, self.pos)
-                    )
-                    self.pos += count * width
-                    return values
+            return self.string(f"value of {key}"), None
+        if vtype != T_ARRAY:
+            raise self.fail(f"metadata {key} has unknown type {vtype}")
+        etype = self.u32(f"array type of {key}")
+        count = self.u64(f"array length of {key}")
+        if count > MAX_ARRAY_ELEMENTS:
+            raise self.fail(f"array {key} claims {count} elements")
+        if etype in _SCALARS:
+            width = struct.calcsize(_SCALARS[etype])
+            self.need(count * width, f"array {key} ({count} elements)")
+            if count <= KEEP_ARRAY_MAX:
+                fmt = f"<{count}{_SCALARS[etype][1]}"
+                values = list(struct.unpack_from(fmt, self.buf, self.pos))
                 self.pos += count * width
-                return ArrayInfo(etype, count)
-            if etype == T_STRING:
-                # Each string takes at least its 8-byte length: bound the count first.
-                self.need(count * 8, f"array {key} ({count} strings)")
-                if count <= KEEP_ARRAY_MAX:
-                    return [self.string(f"element of {key}") for _ in range(count)]
-                for _ in range(count):
-                    self.skip_string(f"element of {key}")
-                return ArrayInfo(etype, count)
-            raise self.fail(f"array {key} has unsupported element type {etype}")
-        raise self.fail(f"metadata {key} has unknown type {vtype}")
+                return values, etype
+            self.pos += count * width
+            return ArrayInfo(etype, count), etype
+        if etype == T_STRING:
+            # Each string takes at least its 8-byte length: bound the count first.
+            self.need(count * 8, f"array {key} ({count} strings)")
+            if key == TOKENS_KEY:
+                return self._tokens(count), etype
+            if count <= KEEP_ARRAY_MAX:
+                return [self.string(f"element of {key}") for _ in range(count)], etype
+            for _ in range(count):
+                self.skip_string(f"element of {key}")
+            return ArrayInfo(etype, count), etype
+        # Nested arrays (etype 9) and unknown types: llama.cpp refuses them too.
+        raise self.fail(f"array {key} has unsupported element type {etype}")
 
-
-def _quant_sizes() -> dict[int, tuple[int, int]]:
-    """(block size, bytes per block) for each tensor type the gguf package knows."""
-    from gguf.constants import GGML_QUANT_SIZES
-
-    return {int(k): v for k, v in GGML_QUANT_SIZES.items()}
+    def _tokens(self, count: int) -> ArrayInfo:
+        """The vocabulary: every token must be distinct, or llama-vocab.cpp aborts
+        (GGML_ASSERT id_to_token.size() == token_to_id.size())."""
+        seen: set[bytes] = set()
+        for i in range(count):
+            token = self.raw_string(f"token {i}")
+            if not token:  # llama.cpp renames empty tokens before it indexes them
+                token = f"[EMPTY_{i}]".encode()
+            if token in seen:
+                shown = token[:40].decode("utf-8", errors="replace")
+                raise self.fail(f"token {i} ({shown!r}) appears twice in the vocabulary")
+            seen.add(token)
+        return ArrayInfo(T_STRING, count)
 
 
 def read_header(path: str | Path) -> GGUFHeader:
@@ -204,35 +293,41 @@ def _parse(buf, size: int, path: Path) -> GGUFHeader:
     r.pos = 4
     version = r.u32("version")
     if version not in SUPPORTED_VERSIONS:
-        raise r.fail(f"unsupported GGUF version {version}")
+        raise r.fail(f"unsupported GGUF version {version} (gptcli reads versions 2 and 3)")
     n_tensors = r.u64("tensor count")
     n_kv = r.u64("metadata count")
-    # Each metadata entry needs at least 12 bytes, each tensor info at least 28.
-    if n_kv * 12 > size or n_tensors * 28 > size:
-        raise r.fail(f"header claims {n_tensors} tensors and {n_kv} metadata entries")
+    # Each metadata entry needs at least 13 bytes, each tensor info at least 29.
+    if n_kv * 13 > size or n_tensors * 29 > size:
+        raise r.fail(
+            f"header claims {n_tensors} tensors and {n_kv} metadata entries, "
+            f"more than {size} bytes can hold (truncated?)"
+        )
 
     header = GGUFHeader(path=path, version=version, file_size=size)
     for _ in range(n_kv):
         key = r.string("metadata key", limit=MAX_KEY_BYTES)
+        if not key:
+            raise r.fail("a metadata key is empty")
         vtype = r.u32(f"type of {key}")
         if key in header.metadata:
             raise r.fail(f"duplicate metadata key {key}")
-        value = r.value(vtype, key)
+        value, etype = r.value(vtype, key)
         expected = _EXPECTED_ARRAY_TYPES.get(key)
-        if expected is not None:
-            etype = value.element_type if isinstance(value, ArrayInfo) else None
-            if vtype != T_ARRAY or (etype is not None and etype not in expected):
-                raise r.fail(f"{key} has the wrong type")
+        if expected is not None and (vtype != T_ARRAY or etype not in expected):
+            raise r.fail(f"{key} has the wrong type")
         header.metadata[key] = value
+        header.types[key] = (vtype, etype)
 
     alignment = header.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise r.fail(f"alignment {alignment!r} is not a power of two")
+    if "general.alignment" in header.metadata and header.types["general.alignment"][0] != T_UINT32:
+        raise r.fail("general.alignment is not a uint32")
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise r.fail(f"alignment {alignment} is not a power of two")
 
     raw_tensors = []
     names: set[str] = set()
     for _ in range(n_tensors):
-        name = r.string("tensor name", limit=MAX_KEY_BYTES)
+        name = r.string("tensor name", limit=MAX_TENSOR_NAME_BYTES)
         if name in names:
             raise r.fail(f"duplicate tensor {name}")
         names.add(name)
@@ -249,36 +344,99 @@ def _parse(buf, size: int, path: Path) -> GGUFHeader:
     data_size = size - data_offset
     if raw_tensors and data_size < 0:
         raise r.fail("tensor data starts past the end of the file (truncated)")
-    sizes = _quant_sizes()
     for name, shape, ttype, offset in raw_tensors:
-        if ttype not in sizes:
-            raise r.fail(f"tensor {name} has unknown type {ttype}")
-        block, type_size = sizes[ttype]
-        if any(d <= 0 for d in shape):
-            raise r.fail(f"tensor {name} has an empty or negative dimension {shape}")
-        if shape[0] % block:
-            raise r.fail(f"tensor {name}: row of {shape[0]} is not a multiple of {block}")
-        n = 1
-        for d in shape:
-            n *= d
-        nbytes = n // block * type_size
-        if offset % alignment:
-            raise r.fail(f"tensor {name} is not aligned")
-        if offset + nbytes > data_size:
-            raise r.fail(f"tensor {name} lies past the end of the file (truncated?)")
-        header.tensors.append(TensorInfo(name, shape, ttype, data_offset + offset, nbytes))
+        header.tensors.append(_tensor(r, name, shape, ttype, offset, data_offset, alignment))
+    _check_layout(header, r, alignment)
     _check_vocab(header, r)
+    _check_hparams(header, r)
     return header
+
+
+def _tensor(r: _Reader, name, shape, ttype, offset, data_offset, alignment) -> TensorInfo:
+    if ttype not in TENSOR_TYPES:
+        raise r.fail(f"tensor {name} has unknown type {ttype}")
+    block, type_size = TENSOR_TYPES[ttype]
+    if any(d <= 0 or d > INT64_MAX for d in shape):
+        raise r.fail(f"tensor {name} has an empty or negative dimension {shape}")
+    if shape[0] % block:
+        raise r.fail(f"tensor {name}: row of {shape[0]} is not a multiple of {block}")
+    n = 1
+    for d in shape:
+        n *= d
+    if n > INT64_MAX:
+        raise r.fail(f"tensor {name} has too many elements {shape}")
+    nbytes = n // block * type_size
+    if offset % alignment:
+        raise r.fail(f"tensor {name} is not aligned")
+    if data_offset + offset + nbytes > r.size:
+        raise r.fail(f"tensor {name} lies past the end of the file (truncated?)")
+    return TensorInfo(name, shape, ttype, data_offset + offset, nbytes)
+
+
+def _check_layout(header: GGUFHeader, r: _Reader, alignment: int) -> None:
+    """No two tensors may share bytes, and llama.cpp wants them one after the other,
+    in header order, each padded to the alignment (gguf.cpp refuses anything else)."""
+    by_start = sorted(header.tensors, key=lambda t: t.offset)
+    for a, b in zip(by_start, by_start[1:], strict=False):
+        if a.offset + a.nbytes > b.offset:
+            raise r.fail(f"tensors {a.name} and {b.name} overlap")
+    expected = header.data_offset
+    for t in header.tensors:
+        if t.offset != expected:
+            raise r.fail(f"tensor {t.name} is not where the layout puts it (gap or reordering)")
+        expected += (t.nbytes + alignment - 1) // alignment * alignment
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, list):
+        return len(value)
+    if isinstance(value, ArrayInfo):
+        return value.count
+    return None
 
 
 def _check_vocab(header: GGUFHeader, r: _Reader) -> None:
     """Tokenizer arrays must agree in length; llama.cpp indexes one by the other."""
-    tokens = header.metadata.get("tokenizer.ggml.tokens")
-    n_tokens = len(tokens) if isinstance(tokens, list) else getattr(tokens, "count", None)
+    n_tokens = _count(header.metadata.get(TOKENS_KEY))
     if n_tokens is None:
         return
+    if not 1 <= n_tokens <= MAX_TOKENS:
+        raise r.fail(f"the vocabulary has {n_tokens} tokens")
     for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
-        other = header.metadata.get(key)
-        n = len(other) if isinstance(other, list) else getattr(other, "count", None)
+        n = _count(header.metadata.get(key))
         if n is not None and n != n_tokens:
             raise r.fail(f"{key} has {n} entries for {n_tokens} tokens")
+
+
+def _check_hparams(header: GGUFHeader, r: _Reader) -> None:
+    """Hyperparameters llama.cpp checks with an assertion (an abort, not an error)."""
+    arch = header.metadata.get("general.architecture")
+    if arch is None:
+        return
+    if not isinstance(arch, str) or header.types["general.architecture"][0] != T_STRING:
+        raise r.fail("general.architecture is not a string")
+    blocks = header.metadata.get(f"{arch}.block_count")
+    if blocks is not None:
+        if header.types[f"{arch}.block_count"][0] not in _INTEGER_TYPES:
+            raise r.fail(f"{arch}.block_count is not an integer")
+        if not 1 <= blocks <= MAX_LAYERS:
+            raise r.fail(f"{arch}.block_count is {blocks} (llama.cpp takes 1 to {MAX_LAYERS})")
+        nextn = header.metadata.get(f"{arch}.nextn_predict_layers", 0)
+        if isinstance(nextn, int) and not 0 <= nextn <= blocks:
+            raise r.fail(f"{arch}.nextn_predict_layers is {nextn} for {blocks} blocks")
+    scaling = header.metadata.get(f"{arch}.rope.scaling.type")
+    if isinstance(scaling, str) and scaling not in ROPE_SCALING_TYPES:
+        raise r.fail(f"{arch}.rope.scaling.type {scaling!r} is unknown")
+    for key in (f"{arch}.rope.dimension_count", f"{arch}.rope.dimension_count_swa"):
+        n_rot = header.metadata.get(key)
+        if isinstance(n_rot, int) and n_rot % 2:  # ggml's rope asserts an even count
+            raise r.fail(f"{key} is {n_rot}, not even")
+    for key, value in header.metadata.items():
+        if not key.startswith(f"{arch}.") or header.types[key][0] not in _FLOAT_TYPES:
+            continue
+        # A NaN or infinite hyperparameter poisons every logit; a negative norm
+        # epsilon aborts ggml (GGML_ASSERT(eps >= 0.0f)) on the first token.
+        if not math.isfinite(value):
+            raise r.fail(f"{key} is {value}")
+        if key.endswith("epsilon") and value < 0:
+            raise r.fail(f"{key} is negative ({value})")

@@ -58,9 +58,11 @@ class TextRenderer:
 
     def token(self, event: TokenEvent) -> None:
         if event.text:
+            # Noted before writing: a Ctrl-C raised as flush() returns must still
+            # let finish() end the line.
+            self._last = event.text
             self.out.write(event.text)
             self.out.flush()
-            self._last = event.text
 
     def finish(self, finish: Finish | None) -> None:
         if finish is not None and finish.text:

@@ -1,0 +1,135 @@
+"""Hostile model files: each one is refused by gptcli's own header check with one
+line on stderr and exit 1, before llama.cpp reads it. `gptcli generate` runs in a
+subprocess, so a segfault or an abort would show as a negative return code."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+
+import pytest
+from conftest import clean_env
+from hostile import HOSTILE, T_ARRAY, T_STRING, T_UINT32, enc_string, write_hostile
+
+from gptcli.errors import GptcliError
+from gptcli.resources import check_model_fits, meminfo
+
+
+@pytest.fixture(scope="module")
+def hostile_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("hostile")
+
+
+def assert_refused(r, needle: str) -> None:
+    assert r.returncode == 1, (r.returncode, r.stderr)  # not negative: no signal
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("gptcli: error:") and needle in lines[0], lines[0]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert "\x1b" not in r.stderr  # nothing from the file reaches the terminal raw
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_model_file_is_refused_in_one_line(gptcli, tiny_model, hostile_dir, name):
+    path = write_hostile(name, tiny_model, hostile_dir)
+    r = gptcli("generate", "-m", str(path), "--raw", "-n", "1", "hi", timeout=60)
+    assert_refused(r, HOSTILE[name][1])
+
+
+# Files that abort llama.cpp itself (SIGABRT from a GGML_ASSERT) when it is handed
+# them directly: the reason gptcli's own check must run first.
+ABORTS_LLAMA_CPP = ["duplicate_token", "block_count_zero", "block_count_1000"]
+ABORTS_LLAMA_CPP += ["rope_scaling_unknown"]
+
+_RAW_LOAD = """
+import ctypes, sys, llama_cpp
+@llama_cpp.llama_log_callback
+def quiet(level, text, data):
+    return None
+llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+llama_cpp.llama_backend_init()
+params = llama_cpp.llama_model_default_params()
+model = llama_cpp.llama_model_load_from_file(sys.argv[1].encode(), params)
+print("loaded" if model else "refused")
+"""
+
+
+@pytest.mark.parametrize("name", ABORTS_LLAMA_CPP)
+def test_llama_cpp_alone_aborts_where_gptcli_refuses(tiny_model, hostile_dir, name):
+    path = write_hostile(name, tiny_model, hostile_dir)
+    raw = subprocess.run(
+        [sys.executable, "-c", _RAW_LOAD, str(path)],
+        capture_output=True,
+        env=clean_env(GGML_NO_BACKTRACE="1"),
+        timeout=60,
+    )
+    # gptcli's refusal of the same file is a row of the matrix above.
+    assert raw.returncode < 0, "llama.cpp no longer aborts here: the check may be relaxed"
+
+
+def test_unmutated_tiny_model_passes_the_check_and_runs(gptcli, tiny_model):
+    # The round trip in hostile.py must not itself damage a file.
+    from hostile import parse
+
+    rebuilt = tiny_model.parent / "rebuilt.gguf"
+    rebuilt.write_bytes(parse(tiny_model).to_bytes())
+    assert rebuilt.read_bytes() == tiny_model.read_bytes()
+    r = gptcli("generate", "-m", str(rebuilt), "--raw", "-n", "2", "-t", "0", "hi")
+    assert r.returncode == 0, r.stderr
+
+
+def test_directory_as_model_is_refused(gptcli, tmp_path):
+    assert_refused(gptcli("generate", "-m", str(tmp_path), "hi"), "directory")
+
+
+def test_unreadable_model_is_refused(gptcli, tiny_model, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    locked = tmp_path / "locked.gguf"
+    locked.write_bytes(tiny_model.read_bytes())
+    locked.chmod(0)
+    assert_refused(gptcli("generate", "-m", str(locked), "hi"), "permission")
+
+
+def _sparse_model(path, size: int):
+    """A valid GGUF whose one F32 tensor fills a sparse file of `size` bytes."""
+    kvs = enc_string("general.architecture") + struct.pack("<I", T_STRING) + enc_string("llama")
+    kvs += enc_string("general.alignment") + struct.pack("<II", T_UINT32, 32)
+    head = struct.pack("<4sIQQ", b"GGUF", 3, 1, 2) + kvs
+    n = (size - len(head) - 200) // 4 // 32 * 32
+    info = enc_string("token_embd.weight") + struct.pack("<IQIQ", 1, n, 0, 0)
+    body = head + info
+    body += b"\0" * (-len(body) % 32)
+    with open(path, "wb") as f:
+        f.write(body)
+        f.truncate(len(body) + n * 4)  # a hole: no disk space used
+    return path
+
+
+@pytest.mark.skipif(meminfo() is None, reason="needs /proc/meminfo")
+def test_model_larger_than_memory_is_refused_naming_both_sizes(gptcli, tmp_path):
+    info = meminfo()
+    size = info["MemAvailable"] + info.get("SwapFree", 0) + (16 << 30)
+    path = _sparse_model(tmp_path / "huge.gguf", size)
+    r = gptcli("generate", "-m", str(path), "--raw", "hi")
+    assert_refused(r, "more than the memory available")
+    assert "GiB" in r.stderr and "free RAM" in r.stderr
+
+
+def test_memory_check_reads_meminfo(tmp_path):
+    fake = tmp_path / "meminfo"
+    fake.write_text("MemTotal: 8000 kB\nMemAvailable: 1000 kB\nSwapFree: 500 kB\n")
+    check_model_fits(tmp_path / "m.gguf", 1_500 * 1024, fake)  # fits exactly
+    with pytest.raises(GptcliError, match=r"1\.5 MiB.*1000\.0 KiB free RAM \+ 500\.0 KiB"):
+        check_model_fits(tmp_path / "m.gguf", 1_500 * 1024 + 1, fake)
+
+
+def test_array_element_type_recorded_for_callers(tiny_model):
+    from gptcli.gguf_check import read_header
+
+    header = read_header(tiny_model)
+    assert header.types["tokenizer.ggml.tokens"] == (T_ARRAY, T_STRING)
+    assert header.types["general.architecture"] == (T_STRING, None)
