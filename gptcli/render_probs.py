@@ -1,0 +1,562 @@
+"""How probabilities look: tokens coloured on a fixed scale, alternatives beside each
+token, bar charts of a next-token distribution, JSON Lines for scripts.
+
+Colour is only a rendering of numbers: where stdout gets no colour (a pipe,
+NO_COLOR), the same numbers are printed as text, `token[0.77]`.
+Per-token output is plain `write` + `flush` of pre-built escape sequences, so the
+token loop pays no rich layout cost.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gptcli.generation import Finish, TokenEvent
+    from gptcli.sampling import Draw
+
+# The fixed scale: (lowest probability, name, rich style), highest band first.
+BANDS: tuple[tuple[float, str, str], ...] = (
+    (0.7, "high", "green"),
+    (0.3, "middle", "yellow"),
+    (0.0, "low", "bold red"),
+)
+DIM = "dim"
+
+
+def band(p: float) -> int:
+    """Index into BANDS of probability p."""
+    for i, (lo, _, _) in enumerate(BANDS):
+        if p >= lo:
+            return i
+    return len(BANDS) - 1
+
+
+def shows_colour(console: Console | None = None) -> bool:
+    """Whether stdout gets colour: rich decides (terminal, NO_COLOR, FORCE_COLOR)."""
+    if console is None:
+        from gptcli.render import stdout_console
+
+        console = stdout_console()
+    return bool(console.is_terminal and not console.no_color and console.color_system)
+
+
+def _escapes(console: Console, style: str) -> tuple[str, str]:
+    """The escape sequences rich writes before and after text in `style`."""
+    from rich.text import Text
+
+    with console.capture() as cap:
+        console.print(Text("\x00", style=style), end="", soft_wrap=True)
+    before, _, after = cap.get().partition("\x00")
+    return before, after
+
+
+def visible(text: str) -> str:
+    """A token's text made visible on one line: whitespace at its ends as ␣, \\n, \\t."""
+    text = text.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    core = text.strip(" ")
+    if not core:
+        return "␣" * len(text)
+    lead = len(text) - len(text.lstrip(" "))
+    trail = len(text) - len(text.rstrip(" "))
+    return "␣" * lead + core + "␣" * trail
+
+
+def token_text(piece: bytes) -> str:
+    """A token's exact bytes as text; bytes of an unfinished UTF-8 character as \\xNN."""
+    return piece.decode("utf-8", errors="backslashreplace")
+
+
+def fmt_prob(p: float) -> str:
+    if p >= 0.995:
+        return "1.00" if p >= 0.99995 else f"{p:.2f}"
+    if p >= 0.01 or p == 0:
+        return f"{p:.2f}"
+    return f"{p:.0e}".replace("e-0", "e-")  # 3e-5: small numbers stay short
+
+
+class _Painter:
+    """Text in the colour of its probability band, or `text[p]` without colour."""
+
+    def __init__(self, colour: bool, console: Console | None = None):
+        self.colour = colour
+        if colour:
+            if console is None:
+                from gptcli.render import stdout_console
+
+                console = stdout_console()
+            if not shows_colour(console):  # colour asked for where rich would not give it
+                from rich.console import Console
+
+                console = Console(force_terminal=True, color_system="standard", no_color=False)
+            self.bands = [_escapes(console, style) for _, _, style in BANDS]
+            self.dim = _escapes(console, DIM)
+
+    def paint(self, text: str, probs: Sequence[float]) -> str:
+        """Text released at once, with the probabilities of the tokens that made it."""
+        if self.colour:
+            joint = math.prod(probs)  # a character split over tokens: their joint probability
+            before, after = self.bands[band(joint)]
+            return f"{before}{text}{after}"
+        numbers = ",".join(fmt_prob(p) for p in probs)
+        # The numbers go before trailing newlines so they stay on the token's line.
+        body = text.rstrip("\n")
+        return f"{body}[{numbers}]{text[len(body) :]}"
+
+    def style(self, text: str, p: float) -> str:
+        if not self.colour:
+            return text
+        before, after = self.bands[band(p)]
+        return f"{before}{text}{after}"
+
+    def faint(self, text: str) -> str:
+        if not self.colour:
+            return text
+        return f"{self.dim[0]}{text}{self.dim[1]}"
+
+
+def legend(use_model_probs: bool = False) -> None:
+    """The scale, on stderr, in its colours."""
+    from rich.text import Text
+
+    from gptcli.render import stderr_console
+
+    kind = "model (softmax of the raw logits)" if use_model_probs else "sampled distribution"
+    line = Text(f"probability ({kind}): ", style="dim")
+    for i, (lo, name, style) in enumerate(BANDS):
+        hi = BANDS[i - 1][0] if i else None
+        if hi is None:
+            span = f"≥ {lo:.2f}"
+        elif lo == 0:
+            span = f"< {hi:.2f}"
+        else:
+            span = f"{lo:.2f}–{hi:.2f}"
+        line.append(f"{name} {span}", style=style)
+        line.append("  ")
+    stderr_console().print(line, soft_wrap=True)
+
+
+class ProbsRenderer:
+    """Streams generated text with each token's probability, like render.TextRenderer.
+
+    alternatives=0: the text flows, each piece coloured by its probability (or
+    `piece[0.77]` without colour). alternatives=K: one line per token with its
+    probability, a bar, and the K most likely other candidates at that step.
+    Give Generation `n_top=renderer.n_top, model_probs=renderer.model_probs`.
+    """
+
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        *,
+        use_model_probs: bool = False,
+        alternatives: int = 0,
+        piece: Callable[[int], bytes] | None = None,
+        colour: bool | None = None,
+    ):
+        if alternatives and piece is None:
+            raise ValueError("alternatives need piece(token_id) -> bytes (engine.piece)")
+        self.out = out or sys.stdout
+        self.use_model_probs = use_model_probs
+        self.alternatives = alternatives
+        self._piece = piece
+        self._painter = _Painter(shows_colour() if colour is None else colour)
+        self._held: list[float] = []  # probabilities of tokens whose text is not out yet
+        self._last = ""
+        self._texts: dict[int, str] = {}
+
+    @property
+    def colour(self) -> bool:
+        return self._painter.colour
+
+    @property
+    def n_top(self) -> int:
+        # One more than shown: the chosen token is listed apart from its alternatives.
+        return self.alternatives + 1 if self.alternatives else 0
+
+    @property
+    def model_probs(self) -> bool:
+        return self.use_model_probs
+
+    def prob(self, draw: Draw) -> float:
+        if self.use_model_probs and draw.model_logprob is not None:
+            return math.exp(draw.model_logprob)
+        return draw.prob
+
+    def _text(self, token: int) -> str:
+        text = self._texts.get(token)
+        if text is None:
+            text = visible(token_text(self._piece(token)))
+            self._texts[token] = text
+        return text
+
+    def token(self, event: TokenEvent) -> None:
+        p = self.prob(event.draw)
+        if self.alternatives:
+            self._line(event, p)
+            return
+        if not event.text:  # an unfinished character (or held back for a stop string)
+            self._held.append(p)
+            return
+        probs = [*self._held, p]
+        self._held.clear()
+        self.out.write(self._painter.paint(event.text, probs))
+        self.out.flush()
+        self._last = event.text
+
+    def _line(self, event: TokenEvent, p: float) -> None:
+        paint = self._painter
+        name = visible(token_text(event.piece))
+        cells = [paint.style(f"{name:<14}", p), f" {fmt_prob(p):>5} ", bar(p, 10)]
+        others = []
+        rank = None
+        for i, alt in enumerate(event.draw.top):
+            if alt.id == event.id:
+                rank = i + 1
+                continue
+            if len(others) < self.alternatives:
+                q = self._alt_prob(alt)
+                # "cut": top-k/top-p/min-p removed it from the distribution drawn from.
+                shown = fmt_prob(q) if q is not None else "cut"
+                q = q or 0.0
+                others.append(paint.style(self._text(alt.id), q) + paint.faint(f" {shown}"))
+        mark = f"#{rank}" if rank and rank > 1 else ""
+        cells.append(paint.faint(f" {mark:>3} │ "))
+        cells.append(paint.faint("  ").join(others))
+        self.out.write("".join(cells) + "\n")
+        self.out.flush()
+        self._last = "\n"
+
+    def _alt_prob(self, alt) -> float | None:
+        if self.use_model_probs:
+            return math.exp(alt.model_logprob)
+        return math.exp(alt.logprob) if alt.logprob is not None else None
+
+    def finish(self, finish: Finish | None) -> None:
+        if finish is not None and finish.text and not self.alternatives:
+            # Text held back to the end (an unfinished character, a stop-string start).
+            probs = self._held or [1.0]
+            self.out.write(self._painter.paint(finish.text, probs))
+            self._held.clear()
+            self._last = finish.text
+        if self._last and not self._last.endswith("\n"):
+            self.out.write("\n")
+        self.out.flush()
+
+
+BLOCKS = " ▏▎▍▌▋▊▉█"
+
+
+def bar(p: float, width: int) -> str:
+    """A horizontal bar of p (0..1) in eighths of a character, padded to width."""
+    eighths = int(round(max(0.0, min(1.0, p)) * width * 8))
+    full, part = divmod(eighths, 8)
+    s = "█" * full + (BLOCKS[part] if part else "")
+    return s.ljust(width)
+
+
+# -- JSON Lines -----------------------------------------------------------------------
+
+
+def _lp(x: float | None) -> float | None:
+    # JSON has no -Infinity: a probability of exactly 0 is written as null.
+    return None if x is None or not math.isfinite(x) else x
+
+
+def token_object(token: int, piece: bytes) -> dict:
+    return {"token": token_text(piece), "id": token, "bytes": list(piece)}
+
+
+class JsonRenderer:
+    """One JSON object per generated token, then one for the finish (OpenAI's names).
+
+    `logprob` is under the distribution the token was drawn from, `model_logprob`
+    under the softmax of the raw logits; in `top_logprobs` a `logprob` of null means
+    the candidate was cut from the sampled distribution.
+    """
+
+    def __init__(self, piece: Callable[[int], bytes], out: TextIO | None = None, n_top: int = 5):
+        self.out = out or sys.stdout
+        self.piece = piece
+        self.n_top = n_top
+        self.model_probs = True
+        self._tops: dict[int, dict] = {}
+
+    def _top(self, token: int) -> dict:
+        obj = self._tops.get(token)
+        if obj is None:
+            obj = token_object(token, self.piece(token))
+            self._tops[token] = obj
+        return obj
+
+    def token(self, event: TokenEvent) -> None:
+        d = event.draw
+        obj = token_object(event.id, event.piece)
+        obj["logprob"] = _lp(d.logprob)
+        obj["model_logprob"] = _lp(d.model_logprob)
+        obj["top_logprobs"] = [
+            {**self._top(a.id), "logprob": _lp(a.logprob), "model_logprob": _lp(a.model_logprob)}
+            for a in d.top
+        ]
+        self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+    def finish(self, finish: Finish | None) -> None:
+        if finish is None:
+            self.out.flush()
+            return
+        t = finish.timings
+        obj = {
+            "finish_reason": finish.reason,
+            "usage": {
+                "prompt_tokens": finish.prompt_tokens,
+                "completion_tokens": finish.completion_tokens,
+            },
+            "timings": {
+                "load_s": round(t.load_s, 6),
+                "prompt_s": round(t.prompt_s, 6),
+                "ttft_s": round(t.ttft_s, 6),
+                "generation_s": round(t.generation_s, 6),
+                "prompt_tokens_evaluated": t.prompt_tokens_evaluated,
+                "prompt_tokens_per_s": round(t.prompt_tps(), 3),
+                "tokens_per_s": round(finish.generation_tps(), 3),
+            },
+        }
+        if finish.stop is not None:
+            obj["stop"] = finish.stop
+        self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+
+# -- incremental painting of a whole text (score) -------------------------------------
+
+
+@dataclass
+class TextPainter:
+    """Paints a token stream (bytes, probability or None for unscored) as text,
+    joining tokens that split a UTF-8 character."""
+
+    out: TextIO
+    colour: bool
+
+    def __post_init__(self) -> None:
+        self._painter = _Painter(self.colour)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held: list[float] = []
+        self.last = ""
+
+    def add(self, piece: bytes, p: float | None) -> None:
+        text = self._decoder.decode(piece)
+        if p is not None:
+            self._held.append(p)
+        if not text:
+            return
+        if self._held:
+            self.out.write(self._painter.paint(text, self._held))
+        else:
+            self.out.write(self._painter.faint(text))
+        self._held = []
+        self.last = text
+
+    def close(self) -> None:
+        text = self._decoder.decode(b"", final=True)
+        if text:
+            self.out.write(self._painter.paint(text, self._held or [1.0]))
+            self.last = text
+        if self.last and not self.last.endswith("\n"):
+            self.out.write("\n")
+        self.out.flush()
+
+
+# -- next: bar charts of the next-token distribution -----------------------------------
+
+
+def _pad(text: str, width: int) -> str:
+    from rich.cells import cell_len
+
+    return text + " " * max(0, width - cell_len(text))
+
+
+def _fmt_t(t: float) -> str:
+    return f"{t:g}"
+
+
+class NextChart:
+    """The top candidates as horizontal bars, one column group per temperature."""
+
+    def __init__(self, piece: Callable[[int], bytes], out: TextIO | None = None):
+        self.out = out or sys.stdout
+        self.piece = piece
+        self._painter = _Painter(shows_colour())
+
+    def step(self, step: int, position: int, dist) -> None:
+        p = self._painter
+        temps = dist.temperatures
+        single = len(temps) == 1
+        names = [visible(token_text(self.piece(c.id))) for c in dist.candidates]
+        w = min(24, max(8, *(len(n) for n in names)))
+        lines = []
+        if step:
+            lines.append("")
+        head = f"step {step + 1}: after {position} tokens"
+        if single:
+            t = temps[0]
+            head += f" · T={_fmt_t(t)} · entropy {dist.entropy_bits[0]:.3f} bits"
+            lines.append(p.faint(head))
+            lines.append(p.faint(f"{'#':>3}  {_pad('token', w)}  {'prob':>6}  {'logprob':>8}  cum"))
+            for i, (c, name) in enumerate(zip(dist.candidates, names, strict=True), 1):
+                q = c.probs[0]
+                lines.append(
+                    f"{i:>3}  {p.style(_pad(name, w), q)}  {q:6.4f}  {c.logprob:8.3f}  "
+                    f"{c.cumulative[0]:5.3f}  {p.style(bar(q, 30), q)}"
+                )
+        else:
+            col = 20
+            lines.append(p.faint(head))
+            lines.append(
+                p.faint(
+                    f"{'':>3}  {_pad('', w)}  {'':>8}  "
+                    + "".join(_pad(f"T={_fmt_t(t)}", col) for t in temps)
+                )
+            )
+            lines.append(
+                p.faint(
+                    f"{'':>3}  {_pad('entropy', w)}  {'':>8}  "
+                    + "".join(_pad(f"{h:.2f} bits", col) for h in dist.entropy_bits)
+                )
+            )
+            lines.append(
+                p.faint(
+                    f"{'#':>3}  {_pad('token', w)}  {'logprob':>8}  "
+                    + "".join(_pad("prob", col) for _ in temps)
+                )
+            )
+            for i, (c, name) in enumerate(zip(dist.candidates, names, strict=True), 1):
+                cells = [f"{i:>3}  {_pad(name, w)}  {c.logprob:8.3f}  "]
+                for q in c.probs:
+                    cells.append(f"{q:6.4f} " + p.style(bar(q, col - 8), q) + " ")
+                lines.append("".join(cells).rstrip())
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+
+
+class NextJsonWriter:
+    """One JSON object per step: `temperatures`, `entropy_bits` (one per temperature)
+    and `top`, each candidate with `logprob` at temperature 1 and, per temperature,
+    `probs` and `cumulative`."""
+
+    def __init__(self, piece: Callable[[int], bytes], out: TextIO | None = None):
+        self.out = out or sys.stdout
+        self.piece = piece
+
+    def step(self, step: int, position: int, dist) -> None:
+        obj = {
+            "step": step,
+            "position": position,
+            "temperatures": list(dist.temperatures),
+            "entropy_bits": list(dist.entropy_bits),
+            "top": [
+                {
+                    **token_object(c.id, self.piece(c.id)),
+                    "logprob": c.logprob,
+                    "probs": list(c.probs),
+                    "cumulative": list(c.cumulative),
+                }
+                for c in dist.candidates
+            ],
+        }
+        self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+
+# -- score ------------------------------------------------------------------------------
+
+
+def score_text(
+    scores,
+    piece: Callable[[int], bytes],
+    worst: int,
+    skip: Callable[[int], bool] = lambda t: False,
+    out: TextIO | None = None,
+) -> None:
+    """The text coloured token by token, the least likely tokens, then the summary."""
+    out = out or sys.stdout
+    colour = shows_colour()
+    if colour:
+        legend()
+    painter = TextPainter(out, colour)
+    lps = scores.logprobs
+    for i, tok in enumerate(scores.tokens):
+        if skip(tok):  # BOS and the like: not text
+            continue
+        painter.add(piece(tok), None if i == 0 else math.exp(lps[i]))
+    painter.close()
+    p = painter._painter
+    lines = []
+    picks = scores.least_likely(worst)
+    if picks:
+        lines.append("")
+        lines.append(p.faint(f"least likely tokens (of {len(scores.scored)} scored):"))
+        names = {i: visible(token_text(piece(scores.tokens[i]))) for i in picks}
+        w = min(24, max(8, *(len(n) for n in names.values())))
+        lines.append(p.faint(f"{'pos':>6}  {_pad('token', w)}  {'prob':>7}  {'bits':>6}  expected"))
+        for i in picks:
+            q = math.exp(lps[i])
+            best = visible(token_text(piece(int(scores.best_ids[i]))))
+            bq = math.exp(scores.best_logprobs[i])
+            lines.append(
+                f"{i:>6}  {p.style(_pad(names[i], w), q)}  {fmt_prob(q):>7}  "
+                f"{-lps[i] / math.log(2):6.2f}  {best} {p.faint(fmt_prob(bq))}"
+            )
+    lines.append("")
+    lines.append(
+        f"perplexity {scores.perplexity():.3f} · mean surprisal "
+        f"{scores.mean_surprisal_bits():.3f} bits/token · {len(scores.scored)} tokens scored "
+        "(the first has no context)"
+    )
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+
+
+def score_json(scores, piece: Callable[[int], bytes], worst: int, out: TextIO | None = None):
+    """JSON Lines: one object per token (`logprob` null for the first, which has no
+    context), then a summary with perplexity, mean surprisal and the least likely."""
+    out = out or sys.stdout
+    lps = scores.logprobs
+    write = out.write
+    for i, tok in enumerate(scores.tokens):
+        obj = token_object(tok, piece(tok))
+        if i == 0:
+            obj["logprob"] = None
+        else:
+            obj["logprob"] = float(lps[i])
+            obj["surprisal_bits"] = float(-lps[i] / math.log(2))
+            obj["expected"] = {
+                **token_object(int(scores.best_ids[i]), piece(int(scores.best_ids[i]))),
+                "logprob": float(scores.best_logprobs[i]),
+            }
+        write(json.dumps(obj, ensure_ascii=False) + "\n")
+    summary = {
+        "tokens": len(scores.tokens),
+        "scored_tokens": len(scores.scored),
+        "perplexity": scores.perplexity(),
+        "mean_surprisal_bits": scores.mean_surprisal_bits(),
+        "least_likely": [
+            {
+                "index": i,
+                **token_object(scores.tokens[i], piece(scores.tokens[i])),
+                "logprob": float(lps[i]),
+            }
+            for i in scores.least_likely(worst)
+        ],
+    }
+    write(json.dumps(summary, ensure_ascii=False) + "\n")
+    out.flush()
