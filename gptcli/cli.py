@@ -118,8 +118,10 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "generate",
     "doctor",
-    "anatomy",
     "hub",
+    "probs",
+    "anatomy",
+    "chat",
 )
 
 

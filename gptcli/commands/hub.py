@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from gptcli.commands.options import ServerOpt
+
 
 def pull(
     ref: Annotated[
@@ -57,9 +59,15 @@ def list_models(
         bool,
         typer.Option("--available", help="Show the catalogue of models gptcli can pull by name."),
     ] = False,
+    server: ServerOpt = None,
 ) -> None:
-    """Local models: the embedded default, pulled models and GPTCLI_MODEL."""
-    if available:
+    """Local models: the embedded default, pulled models and GPTCLI_MODEL
+    (with --server: the server's models)."""
+    if server:
+        from gptcli.commands.remote_run import print_models
+
+        print_models(server)
+    elif available:
         _print_catalogue()
     else:
         _print_local()

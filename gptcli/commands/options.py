@@ -63,6 +63,18 @@ StopOpt = Annotated[
     list[str] | None, typer.Option("--stop", help="Stop at this text (repeatable).")
 ]
 SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt (chat models).")]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        metavar="URL",
+        envvar="GPTCLI_SERVER",
+        show_envvar=False,
+        help="Run on an OpenAI-compatible server (llama-server, vLLM, Ollama) at URL "
+        "instead of locally; $GPTCLI_API_KEY is sent as a bearer token. "
+        "Default: $GPTCLI_SERVER.",
+    ),
+]
 
 
 def sampling_params(
@@ -122,6 +134,11 @@ def read_input(prompt: str | None, *, required: bool = True) -> str:
             piped = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise UsageError(f"stdin is not valid UTF-8 (byte {e.start})") from None
+    if prompt:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:  # undecodable argv bytes arrive as surrogates
+            raise UsageError(f"the prompt is not valid UTF-8 (character {e.start})") from None
     if prompt and piped.strip():
         text = f"{prompt}\n\n{piped}"
     else:

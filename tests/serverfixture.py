@@ -1,0 +1,158 @@
+"""Servers on 127.0.0.1 for the remote backend's tests.
+
+- `LlamaServer`: llama-cpp-python's own OpenAI-compatible server (`python -m
+  llama_cpp.server`) on a real model, one per model file for the whole session.
+- `FaultServer`: a tiny standard-library server that fails on purpose; the first
+  path segment chooses how (`/500/...`, `/drop/...`, `/slow/...`, `/nologprobs/...`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """`python -m llama_cpp.server` serving one model, started once and reused."""
+
+    _running: dict[str, LlamaServer] = {}
+
+    def __init__(self, model: Path, *extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(f"/tmp/gptcli-llama-server-{self.port}.log"), "wb")  # noqa: SIM115
+        args = [sys.executable, "-m", "llama_cpp.server", "--model", str(model)]
+        args += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048"]
+        # gptcli's engine lets llama.cpp choose flash attention (on, on a CPU); the
+        # server's default is off, which moves log probabilities by ~1e-2.
+        args += ["--flash_attn", "true"]
+        # By default it cuts a streamed reply short when another request arrives.
+        args += ["--interrupt_requests", "false", *extra]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        atexit.register(self.stop)
+        self._wait_ready()
+
+    @classmethod
+    def get(cls, model: Path, *extra: str) -> LlamaServer:
+        key = "\0".join([str(model), *extra])
+        server = cls._running.get(key)
+        if server is None or server.proc.poll() is not None:
+            server = cls._running[key] = cls(model, *extra)
+        return server
+
+    def _wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited: see {self.log.name}")
+            try:
+                with urllib.request.urlopen(self.url + "/v1/models", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"llama_cpp.server did not start in {timeout} s: see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def _sse(obj) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _chunk(text: str, logprob: float | None = None) -> dict:
+    lp = None
+    if logprob is not None:
+        lp = {"tokens": [text], "token_logprobs": [logprob], "top_logprobs": [{text: logprob}]}
+        lp["text_offset"] = [0]
+    return {"choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": None}]}
+
+
+class _FaultHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet: the tests read the client's side
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        mode = self.path.strip("/").split("/")[0]
+        if mode == "500":
+            self._send(500, b'{"error": {"message": "model crashed"}}')
+        else:
+            self._send(200, json.dumps({"data": [{"id": "fault-model"}]}).encode())
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        mode = self.path.strip("/").split("/")[0]
+        if mode == "500":
+            self._send(500, b'{"error": {"message": "model crashed", "type": "server_error"}}')
+            return
+        if mode == "auth" and self.headers.get("Authorization") != "Bearer sekrit":
+            self._send(401, b'{"error": {"message": "invalid api key"}}')
+            return
+        # A streamed reply without a Content-Length: the connection's end ends it.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        logprob = None if mode == "nologprobs" else -0.5
+        for word in ("one", " two", " three"):
+            self.wfile.write(_sse(_chunk(word, logprob)))
+            self.wfile.flush()
+            time.sleep(0.02)
+        if mode == "drop":
+            # Dropped mid-reply: no finish_reason, no [DONE], the socket just closes.
+            self.close_connection = True
+            return
+        end = {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
+        self.wfile.write(_sse(end) + b"data: [DONE]\n\n")
+        self.wfile.flush()
+        self.close_connection = True
+
+
+class FaultServer:
+    """Fails on purpose, by the first path segment of the URL the client was given."""
+
+    def __init__(self) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FaultHandler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{mode}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
