@@ -1,3 +1,3 @@
-from gptcli.cli import main
+from gptcli.entry import main
 
 main()

@@ -44,11 +44,14 @@ def test_signal_mid_stream_keeps_partial_output(tiny_model, signum, code):
     assert err == b"", err.decode()  # quiet: no traceback, no message
 
 
-def test_ctrl_c_ends_the_partial_line_with_a_newline(tiny_model):
+@pytest.mark.parametrize(
+    "signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl_c", "sigterm"]
+)
+def test_stop_signal_ends_the_partial_line_with_a_newline(tiny_model, signum, code):
     proc, first = start_generation(tiny_model)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == code
     assert (first + rest).endswith(b"\n")  # the shell prompt starts on its own line
 
 

@@ -97,6 +97,7 @@ def generate(
         read_input,
         sampling_params,
     )
+    from gptcli.errors import Terminated
     from gptcli.generation import Generation, TokenEvent
     from gptcli.prompting import chat_format, chat_prompt, messages_for, raw_prompt
     from gptcli.render import TextRenderer, notice, print_stats
@@ -187,7 +188,8 @@ def generate(
                 renderer.token(event)
             else:
                 finish = event
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
+        # Ctrl-C or SIGTERM: end the partial text cleanly; the CLI sets the exit code.
         renderer.finish(None)
         if stats:
             print_stats(generation.finish("interrupted"))
