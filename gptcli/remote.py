@@ -321,27 +321,49 @@ class RemoteServer:
             body["top_logprobs"] = max(1, n_top)
         return RemoteGeneration(self, "/v1/chat/completions", body, n_top, bool(logprobs or n_top))
 
-    def next_steps(self, prompt: str, top: int, steps: int = 1) -> list[list[tuple[int, float]]]:
-        """The top candidates (id, model logprob) after `prompt`, for `steps` greedy
-        steps, from one greedy completion with `logprobs`."""
-        body = {"prompt": prompt, "max_tokens": steps, "temperature": 0, "logprobs": top}
-        body.update({"top_k": 1, "stream": False})
+    def next_steps(self, prompt: str | list[dict], top: int, steps: int = 1) -> NextSteps:
+        """The top candidates (id, model logprob) after `prompt` (text, or chat
+        messages the server wraps in its template), for `steps` greedy steps, from
+        one greedy completion with `logprobs`."""
+        chat = not isinstance(prompt, str)
+        body: dict = {"max_tokens": steps, "temperature": 0, "top_k": 1, "stream": False}
+        if chat:
+            body.update(messages=prompt, logprobs=True, top_logprobs=top)
+            path = "/v1/chat/completions"
+        else:
+            body.update(prompt=prompt, logprobs=top)
+            path = "/v1/completions"
         if self.model:
             body["model"] = self.model
-        reply = self._json("POST", "/v1/completions", body)
-        choice = _first_choice(reply)
-        lp = choice.get("logprobs") if choice else None
-        tops = lp.get("top_logprobs") if isinstance(lp, dict) else None
-        if not isinstance(tops, list) or not tops:
+        reply = self._json("POST", path, body)
+        choice = _first_choice(reply) or {}
+        lp = choice.get("logprobs")
+        if chat:
+            content = lp.get("content") if isinstance(lp, dict) else None
+            tops = [
+                [(_piece_of(t), t.get("logprob")) for t in e.get("top_logprobs") or []]
+                for e in content or []
+                if isinstance(e, dict)
+            ]
+        else:
+            raw = lp.get("top_logprobs") if isinstance(lp, dict) else None
+            tops = [
+                [(t.encode("utf-8"), v) for t, v in entry.items()]
+                for entry in raw or []
+                if isinstance(entry, dict)
+            ]
+        if not tops or not tops[0]:
             raise GptcliError(NO_LOGPROBS.format(what="`next` needs them"))
         out = []
         for entry in tops[:steps]:
-            if not isinstance(entry, dict):
-                break
-            cands = [(self.vocab.id_for(t.encode("utf-8")), float(v)) for t, v in entry.items()]
-            cands.sort(key=lambda c: -c[1])
-            out.append(cands[:top])
-        return out
+            cands = {}
+            for piece, v in entry:
+                if _num(v):
+                    cands.setdefault(self.vocab.id_for(piece), float(v))
+            out.append(sorted(cands.items(), key=lambda c: -c[1])[:top])
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
+        n = usage.get("prompt_tokens")
+        return NextSteps(out, n if isinstance(n, int) else None, choice.get("finish_reason"))
 
     def prompt_logprobs(self, text: str, top: int = 1) -> PromptScores:
         """Each prompt token's log probability given the ones before it, from
@@ -384,6 +406,17 @@ class RemoteServer:
             else:
                 best.append((None, UNKNOWN))
         return PromptScores(ids, lps, best)
+
+
+@dataclass(frozen=True)
+class NextSteps:
+    """The candidates at each greedy step, best first (fewer steps than asked when
+    the text ended), the prompt's length in tokens when the server says, and why
+    the completion stopped."""
+
+    steps: list[list[tuple[int, float]]]
+    prompt_tokens: int | None
+    finish_reason: str | None
 
 
 @dataclass(frozen=True)

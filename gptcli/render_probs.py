@@ -272,7 +272,8 @@ def _lp(x: float | None) -> float | None:
 
 
 def token_object(token: int, piece: bytes) -> dict:
-    return {"token": token_text(piece), "id": token, "bytes": list(piece)}
+    # A negative id is a remote token known only by its text: no id (null).
+    return {"token": token_text(piece), "id": token if token >= 0 else None, "bytes": list(piece)}
 
 
 class JsonRenderer:
@@ -409,7 +410,9 @@ class NextChart:
         head = f"step {step + 1}: after {position} tokens"
         if single:
             t = temps[0]
-            head += f" · T={_fmt_t(t)} · entropy {dist.entropy_bits[0]:.3f} bits"
+            head += f" · T={_fmt_t(t)}"
+            if dist.entropy_bits[0] is not None:  # None: unknown (a server's top-K only)
+                head += f" · entropy {dist.entropy_bits[0]:.3f} bits"
             lines.append(p.faint(head))
             lines.append(p.faint(f"{'#':>3}  {_pad('token', w)}  {'prob':>6}  {'logprob':>8}  cum"))
             for i, (c, name) in enumerate(zip(dist.candidates, names, strict=True), 1):

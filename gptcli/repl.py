@@ -71,7 +71,7 @@ class Repl:
         self.engine = engine
         self.conversation = conversation
         self.params = params.validate()
-        self.sampler = Sampler(self.params, engine.n_vocab)
+        self.sampler = self._make_sampler(self.params)
         self.max_tokens = max_tokens
         self.stops = list(stops or [])
         self.interactive = interactive
@@ -383,7 +383,11 @@ class Repl:
     def _set_params(self, params: SamplingParams) -> None:
         params.validate()  # raises UsageError; the old settings stay
         self.params = params
-        self.sampler = Sampler(params, self.engine.n_vocab)
+        self.sampler = self._make_sampler(params)
+
+    def _make_sampler(self, params: SamplingParams) -> Sampler | None:
+        # A remote session (remote_repl.RemoteRepl) samples on the server: no Sampler.
+        return Sampler(params, self.engine.n_vocab)
 
     def cmd_seed(self, arg: str) -> None:
         if not arg:

@@ -3,7 +3,10 @@
 - `LlamaServer`: llama-cpp-python's own OpenAI-compatible server (`python -m
   llama_cpp.server`) on a real model, one per model file for the whole session.
 - `FaultServer`: a tiny standard-library server that fails on purpose; the first
-  path segment chooses how (`/500/...`, `/drop/...`, `/slow/...`, `/nologprobs/...`).
+  path segment chooses how (`/500/...`, `/drop/...`, `/auth/...`, `/nologprobs/...`),
+  or `/echo/...`: prompt log probabilities in the standard alignment, which no
+  server installed here returns (llama-cpp-python's are shifted), to test `score`'s
+  accepting path. Its numbers are fixed and known to the test, not a model's.
 """
 
 from __future__ import annotations
@@ -82,12 +85,46 @@ def _sse(obj) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-def _chunk(text: str, logprob: float | None = None) -> dict:
+def _chunk(text: str, logprob: float | None = None, chat: bool = False) -> dict:
+    if chat:
+        lp = None
+        if logprob is not None:
+            entry = {"token": text, "logprob": logprob, "bytes": None}
+            lp = {"content": [{**entry, "top_logprobs": [entry]}]}
+        delta = {"content": text}
+        return {"choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": None}]}
     lp = None
     if logprob is not None:
         lp = {"tokens": [text], "token_logprobs": [logprob], "top_logprobs": [{text: logprob}]}
         lp["text_offset"] = [0]
     return {"choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": None}]}
+
+
+# The numbers an `/echo/` server reports for its n-th prompt word (after the first).
+ECHO_LOGPROBS = (-1.0, -2.0, -0.5, -3.0, -0.25, -1.5)
+
+
+def _echo(prompt: str) -> dict:
+    """A completion with `echo` in the standard alignment (as llama.cpp's llama-server
+    and vLLM return it): one entry per prompt token, from the first, whose text
+    joins to the prompt, then the one generated token. Tokens are the prompt's words
+    with their leading space; the numbers are ECHO_LOGPROBS, the best guess " the"."""
+    words = [w for w in prompt.replace(" ", "\0 ").split("\0") if w]
+    tokens, values, tops, offsets, at = [], [], [], [], 0
+    for i, w in enumerate(words):
+        v = None if i == 0 else ECHO_LOGPROBS[(i - 1) % len(ECHO_LOGPROBS)]
+        tokens.append(w)
+        values.append(v)
+        tops.append(None if i == 0 else {" the": -0.1, w: v})
+        offsets.append(at)
+        at += len(w)
+    tokens.append(" x")
+    values.append(-0.7)
+    tops.append({" x": -0.7})
+    offsets.append(at)
+    lp = {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+    choice = {"index": 0, "text": prompt + " x", "logprobs": lp, "finish_reason": "length"}
+    return {"choices": [choice], "usage": {"prompt_tokens": len(words), "completion_tokens": 1}}
 
 
 class _FaultHandler(BaseHTTPRequestHandler):
@@ -112,8 +149,12 @@ class _FaultHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
+        body = json.loads(self.rfile.read(length) or b"{}")
         mode = self.path.strip("/").split("/")[0]
+        chat = self.path.endswith("/chat/completions")
+        if mode == "echo":
+            self._send(200, json.dumps(_echo(body.get("prompt", ""))).encode())
+            return
         if mode == "500":
             self._send(500, b'{"error": {"message": "model crashed", "type": "server_error"}}')
             return
@@ -127,14 +168,14 @@ class _FaultHandler(BaseHTTPRequestHandler):
         self.end_headers()
         logprob = None if mode == "nologprobs" else -0.5
         for word in ("one", " two", " three"):
-            self.wfile.write(_sse(_chunk(word, logprob)))
+            self.wfile.write(_sse(_chunk(word, logprob, chat)))
             self.wfile.flush()
             time.sleep(0.02)
         if mode == "drop":
             # Dropped mid-reply: no finish_reason, no [DONE], the socket just closes.
             self.close_connection = True
             return
-        end = {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
+        end = {"choices": [{"index": 0, "text": "", "delta": {}, "finish_reason": "length"}]}
         self.wfile.write(_sse(end) + b"data: [DONE]\n\n")
         self.wfile.flush()
         self.close_connection = True

@@ -68,7 +68,7 @@ def test_next_steps_match_the_local_distribution(server, smollm2):
     from gptcli.engine import Engine
 
     remote = RemoteServer(server.url)
-    steps = remote.next_steps(PROMPT, 3, steps=1)
+    steps = remote.next_steps(PROMPT, 3, steps=1).steps
     with Engine(smollm2) as engine:
         logits = engine.prefill(engine.tokenize(PROMPT, add_bos=False)).copy()
         local = next_tokens(logits, 3, [1.0])

@@ -15,6 +15,7 @@ from gptcli.commands.options import (
     ModelOpt,
     RepeatPenaltyOpt,
     SeedOpt,
+    ServerOpt,
     StopOpt,
     SystemOpt,
     TemperatureOpt,
@@ -46,6 +47,7 @@ def chat(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     verbose: VerboseOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """Chat with the model: replies stream as they are generated; /help lists commands.
 
@@ -62,6 +64,26 @@ def chat(
     check_max_tokens(max_tokens)
     saved = read_transcript(resume) if resume else None  # bad file: fail before loading
     interactive = sys.stdin is not None and sys.stdin.isatty()
+    if server:
+        from gptcli.commands import remote_run
+        from gptcli.remote_repl import run_remote_chat
+
+        remote_run.ignored_local_options(
+            **{"--ctx": ctx, "--threads": threads, "--gpu-layers": gpu_layers, "--verbose": verbose}
+        )
+        code = run_remote_chat(
+            remote_run.connect(server, model),
+            params,
+            system=system,
+            saved=saved,
+            resume=resume,
+            max_tokens=max_tokens,
+            stops=list(stop or []),
+            interactive=interactive,
+        )
+        if code:
+            raise typer.Exit(code)
+        return
     engine = load_engine(model, ctx, threads, gpu_layers, verbose)
     try:
         fmt = chat_format(engine)

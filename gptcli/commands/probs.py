@@ -11,6 +11,7 @@ from gptcli.commands.options import (
     CtxOpt,
     GpuLayersOpt,
     ModelOpt,
+    ServerOpt,
     SystemOpt,
     ThreadsOpt,
     VerboseOpt,
@@ -46,6 +47,7 @@ def next_token(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     verbose: VerboseOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """The next-token distribution after PROMPT: the top K with probability,
     log-probability and cumulative mass, and the entropy in bits."""
@@ -64,6 +66,20 @@ def next_token(
     if steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
     text = read_input(prompt, required=prompt is None)
+    if server:
+        from gptcli.commands import remote_run
+
+        _ignored(ctx, threads, gpu_layers, verbose)
+        return remote_run.next_remote(
+            remote_run.connect(server, model),
+            text,
+            top=top,
+            temperatures=temps,
+            steps=steps,
+            chat=chat,
+            system=system,
+            json_out=json_out,
+        )
     engine = load_engine(model, ctx, threads, gpu_layers, verbose)
     if top > engine.n_vocab:
         raise UsageError(f"--top must be at most {engine.n_vocab} (the vocabulary), got {top}")
@@ -121,6 +137,7 @@ def score(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     verbose: VerboseOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """How surprising a text is to the model: each token coloured by its probability
     given all the tokens before it, the least likely ones, perplexity and surprisal."""
@@ -130,6 +147,11 @@ def score(
     if worst < 0:
         raise UsageError(f"--worst must be 0 or more, got {worst}")
     text = read_text(file)
+    if server:
+        from gptcli.commands import remote_run
+
+        _ignored(ctx, threads, gpu_layers, verbose)
+        return remote_run.score_remote(remote_run.connect(server, model), text, worst, json_out)
     from gptcli.commands.options import load_engine
     from gptcli.prompting import raw_prompt
 
@@ -146,6 +168,14 @@ def score(
         from gptcli.render_probs import score_text
 
         score_text(result, engine.piece, worst, skip=engine.is_control)
+
+
+def _ignored(ctx, threads, gpu_layers, verbose) -> None:
+    from gptcli.commands.remote_run import ignored_local_options
+
+    ignored_local_options(
+        **{"--ctx": ctx, "--threads": threads, "--gpu-layers": gpu_layers, "--verbose": verbose}
+    )
 
 
 def register(app: typer.Typer) -> None:

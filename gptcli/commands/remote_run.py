@@ -371,3 +371,103 @@ def local_generation(engine, text: str, raw: bool, system, params, max_tokens, s
     if not tokens:
         raise UsageError("a line tokenizes to nothing")
     return Generation(engine, tokens, Sampler(params, engine.n_vocab), max_tokens, stops)
+
+
+# -- next and score -----------------------------------------------------------------
+
+ONLY_T1 = (
+    "servers report the model's probabilities at temperature 1 only: showing T=1 "
+    "(other temperatures need the whole vocabulary; run locally for them)"
+)
+NO_ENTROPY = (
+    "a server reports only the top {k}: the entropy (over the whole vocabulary) is not shown{json}"
+)
+
+
+def next_remote(
+    server: RemoteServer,
+    text: str,
+    *,
+    top: int,
+    temperatures: list[float],
+    steps: int,
+    chat: bool,
+    system: str | None,
+    json_out: bool,
+) -> None:
+    """`gptcli next --server URL`: the server's top-K after the text, at temperature 1,
+    in the local chart and JSON shapes; what a server cannot give (entropy, other
+    temperatures, token ids) is left out or null, with a notice."""
+    from gptcli.distribution import Candidate, NextTokens
+    from gptcli.prompting import messages_for
+    from gptcli.render import notice
+
+    if not text:
+        raise UsageError(
+            "empty prompt: with --server, give the text so far (a server cannot show what "
+            "follows the BOS token alone)"
+        )
+    if list(temperatures) != [1.0]:
+        notice(ONLY_T1)
+    if system and not chat:
+        notice("--system is ignored without --chat")
+    result = server.next_steps(messages_for(text, system) if chat else text, top, steps)
+    notice(NO_ENTROPY.format(k=top, json=" (entropy_bits: null)" if json_out else ""))
+    if json_out:
+        from gptcli.render_probs import NextJsonWriter
+
+        view = NextJsonWriter(server.piece)
+    else:
+        from gptcli.render_probs import NextChart
+
+        view = NextChart(server.piece)
+    short = False
+    for step, candidates in enumerate(result.steps):
+        cum = 0.0
+        cands = []
+        for token, lp in candidates:
+            p = math.exp(lp)
+            cum += p
+            cands.append(Candidate(token, lp, (p,), (min(1.0, cum),)))
+        short = short or len(cands) < top
+        position = None if result.prompt_tokens is None else result.prompt_tokens + step
+        view.step(step, position, NextTokens((1.0,), (None,), tuple(cands)))
+    if short:
+        notice(
+            f"the server returned fewer than {top} candidates at some step (it lists each "
+            "token text once: tokens that decode alike, or more than it allows, are missing)"
+        )
+    if len(result.steps) < steps and result.finish_reason == "stop":
+        notice("the most likely next token ends the text: no more steps")
+
+
+def score_remote(server: RemoteServer, text: str, worst: int, json_out: bool) -> None:
+    """`gptcli score --server URL`: the prompt's log probabilities as the server echoes
+    them; refused where they are known to be misaligned (remote.prompt_logprobs)."""
+    import numpy as np
+
+    from gptcli.scoring import Scores
+
+    scored = server.prompt_logprobs(text, top=1)
+    n = len(scored.tokens)
+    if n < 2:
+        raise UsageError("the text is a single token: nothing to score (a token needs a context)")
+    logprobs = np.array(scored.logprobs, dtype=np.float64)
+    logprobs[0] = np.nan  # the first token has no context
+    best = scored.best[1:]
+    if np.isnan(logprobs[1:]).any() or any(b is None for b, _ in best):
+        raise GptcliError(
+            f"the server at {server.url.display} left out the log probabilities of some "
+            "tokens: nothing to score them by (score locally)"
+        )
+    best_ids = np.array([-1] + [b for b, _ in best], dtype=np.int64)
+    best_lp = np.array([np.nan] + [v for _, v in best], dtype=np.float64)
+    result = Scores(list(scored.tokens), logprobs, best_ids, best_lp)
+    if json_out:
+        from gptcli.render_probs import score_json
+
+        score_json(result, server.piece, worst)
+    else:
+        from gptcli.render_probs import score_text
+
+        score_text(result, server.piece, worst)
