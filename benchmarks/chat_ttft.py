@@ -9,6 +9,7 @@ turns before it. Prints the median ratio turn10 / turn1 over a few runs (target 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     # Busy shared machines: fewer threads than cores keeps ggml's spinning threads stable.
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="one JSON line (for run.py)")
     args = ap.parse_args()
     path = embedded_model_path()
     if path is None:
@@ -79,6 +81,10 @@ def main() -> None:
                 file=sys.stderr,
             )
     ratio = statistics.median(ratios)
+    if args.json:
+        first, tenth = statistics.median(firsts), statistics.median(tenths)
+        print(json.dumps({"turn1_s": first, "turn10_s": tenth, "ratio": ratio}))
+        return
     print(
         f"chat TTFT: turn 1 {statistics.median(firsts) * 1000:.1f} ms, turn 10 "
         f"{statistics.median(tenths) * 1000:.1f} ms, ratio turn10/turn1 {ratio:.2f} "

@@ -7,6 +7,7 @@ Each command group lives in `gptcli/commands/` and registers itself here.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 
@@ -102,6 +103,63 @@ def _flush_stdout() -> None:
     except (BrokenPipeError, OSError, ValueError):
         _quiet_broken_pipe()
 
+
+_INT = re.compile(r"-?[0-9]{1,18}")
+_FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+
+
+class _PlainCoercion:
+    """Typer 0.29 checks every option value through a pydantic TypeAdapter: importing
+    pydantic and building the adapters costs 0.1-0.2 s on each run. A plain value of a
+    plain type (text, an integer or a decimal number as usually written, a list of
+    texts) is taken as it is; anything else, errors included, still goes through
+    Typer's own coercion, so what is accepted and every message stay the same."""
+
+    def __init__(self, build, descriptor):
+        self._build, self._descriptor, self._full = build, descriptor, None
+
+    def _typer(self):
+        if self._full is None:
+            self._full = self._build(self._descriptor)
+        return self._full
+
+    def coerce(self, value, param, ctx):
+        kind, t = self._descriptor.annotation, type(value)
+        multi = param.multiple or param.nargs == -1
+        if value is None:  # as Typer's RuntimeParam.coerce
+            return () if multi else None
+        if not multi:
+            if t is kind and kind in (str, int, float):
+                return value
+            if t is str and kind is int and _INT.fullmatch(value):
+                return int(value)
+            if t is str and kind is float and _FLOAT.fullmatch(value):
+                return float(value)
+        elif kind == list[str] and t in (list, tuple) and all(type(v) is str for v in value):
+            return list(value)
+        return self._typer().coerce(value, param=param, ctx=ctx)
+
+    def __getattr__(self, name):
+        return getattr(self._typer(), name)
+
+
+def _plain_coercion() -> None:
+    import typer.core
+
+    build = getattr(typer.core, "build_runtime_param", None)
+    if build is None or getattr(build, "plain", False):  # another Typer, or done already
+        return
+
+    def build_plain(descriptor):
+        if getattr(descriptor, "file_annotation", True) is None:
+            return _PlainCoercion(build, descriptor)
+        return build(descriptor)
+
+    build_plain.plain = True
+    typer.core.build_runtime_param = build_plain
+
+
+_plain_coercion()
 
 app = typer.Typer(
     cls=GptcliGroup,

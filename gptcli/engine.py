@@ -157,6 +157,8 @@ class Engine:
         self.tokens: list[int] = []  # what the KV cache holds, in order
         self.last_prefill_evaluated = 0  # tokens the last prefill had to evaluate
         self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+        self._logits_view: tuple[int, np.ndarray] | None = None  # (address, array over it)
         self._piece_buf = ctypes.create_string_buffer(256)
         self._lib = llama_cpp
 
@@ -185,7 +187,10 @@ class Engine:
 
     def is_eog(self, token: int) -> bool:
         """End of generation: EOS, EOT and the like."""
-        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+        eog = self._eog.get(token)
+        if eog is None:  # asked once per token id: the loop skips a ctypes call each step
+            eog = self._eog[token] = bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+        return eog
 
     def is_control(self, token: int) -> bool:
         return bool(self._lib.llama_vocab_is_control(self._vocab, token))
@@ -268,7 +273,12 @@ class Engine:
     def last_logits(self) -> np.ndarray:
         """The logits of the last evaluated position: a view, valid until the next call."""
         ptr = self._lib.llama_get_logits_ith(self._ctx.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        address = ctypes.cast(ptr, ctypes.c_void_p).value
+        view = self._logits_view
+        if view is None or view[0] != address:  # llama.cpp reuses one output buffer
+            view = (address, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
+            self._logits_view = view
+        return view[1]
 
     def forget_from(self, n: int) -> None:
         """Drop evaluated tokens from position n on, in the KV cache too.

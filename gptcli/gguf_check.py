@@ -169,6 +169,9 @@ def printable(text: str, limit: int = 200) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+_U64 = struct.Struct("<Q").unpack_from
+
+
 class _Reader:
     def __init__(self, buf, size: int, name: str):
         self.buf, self.size, self.pos, self.name = buf, size, 0, name
@@ -241,18 +244,43 @@ class _Reader:
                 return self._tokens(count), etype
             if count <= KEEP_ARRAY_MAX:
                 return [self.string(f"element of {key}") for _ in range(count)], etype
-            for _ in range(count):
-                self.skip_string(f"element of {key}")
+            self._skip_strings(count, key)
             return ArrayInfo(etype, count), etype
         # Nested arrays (etype 9) and unknown types: llama.cpp refuses them too.
         raise self.fail(f"array {key} has unsupported element type {etype}")
+
+    def _next_string(self, pos: int) -> int:
+        """The end of the string at pos when it is well within bounds, else -1 (the
+        caller then takes the checked path, which raises the precise error). Inlined
+        loops over 50,000 tokens and merges keep the check fast."""
+        if pos + 8 > self.size:
+            return -1
+        n = _U64(self.buf, pos)[0]
+        if n > MAX_STRING_BYTES or pos + 8 + n > self.size:
+            return -1
+        return pos + 8 + n
+
+    def _skip_strings(self, count: int, key: str) -> None:
+        end = self._next_string
+        for _ in range(count):
+            after = end(self.pos)
+            if after < 0:
+                self.skip_string(f"element of {key}")  # raises the precise error
+                continue
+            self.pos = after
 
     def _tokens(self, count: int) -> ArrayInfo:
         """The vocabulary: every token must be distinct, or llama-vocab.cpp aborts
         (GGML_ASSERT id_to_token.size() == token_to_id.size())."""
         seen: set[bytes] = set()
+        buf, end = self.buf, self._next_string
         for i in range(count):
-            token = self.raw_string(f"token {i}")
+            after = end(self.pos)
+            if after < 0:
+                token = self.raw_string(f"token {i}")  # raises the precise error
+            else:
+                token = bytes(buf[self.pos + 8 : after])
+                self.pos = after
             if not token:  # llama.cpp renames empty tokens before it indexes them
                 token = f"[EMPTY_{i}]".encode()
             if token in seen:

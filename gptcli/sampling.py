@@ -66,10 +66,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - logsumexp(z)
 
 
-def logsumexp(logits: np.ndarray) -> float:
-    """log(sum(exp(logits))), stably; float32 exponentials, a float64 sum."""
+def logsumexp(logits: np.ndarray, out: np.ndarray | None = None) -> float:
+    """log(sum(exp(logits))), stably; float32 exponentials, a float64 sum.
+
+    out: a scratch array of the same shape and dtype, so a token loop allocates nothing."""
     m = np.max(logits)
-    return float(m) + math.log(float(np.sum(np.exp(logits - m), dtype=np.float64)))
+    e = np.subtract(logits, m, out=out)
+    np.exp(e, out=e)
+    return float(m) + math.log(float(np.sum(e, dtype=np.float64)))
 
 
 def apply_repetition_penalty(logits: np.ndarray, recent: Sequence[int], penalty: float) -> None:
@@ -81,14 +85,38 @@ def apply_repetition_penalty(logits: np.ndarray, recent: Sequence[int], penalty:
     logits[ids] = np.where(v > 0, v / penalty, v * penalty)
 
 
-def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
-    """Ids of the k largest logits, largest first (a partial sort: O(n))."""
+_BLOCK = 256  # top_k_ids: logits per block whose maximum bounds the k-th largest
+
+
+def top_k_ids(
+    logits: np.ndarray,
+    k: int,
+    *,
+    maxima: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Ids of the k largest logits, largest first; equal logits by id.
+
+    A partial sort, O(n): the k-th largest block maximum is a lower bound of the k-th
+    largest logit (k distinct logits reach it), so one comparison pass leaves a few
+    hundred candidates to sort instead of the vocabulary. `maxima` (n // 256 floats) and
+    `mask` (n bools) are optional scratch arrays, so a token loop allocates nothing big.
+    """
     n = logits.shape[0]
     if k <= 0 or k >= n:
-        idx = np.arange(n)
-    else:
-        idx = np.argpartition(logits, n - k)[n - k :]
-    return idx[np.argsort(-logits[idx], kind="stable")]
+        return np.argsort(-logits, kind="stable")
+    nb = n // _BLOCK
+    cand = None
+    if nb >= k:
+        blocks = logits[: nb * _BLOCK].reshape(nb, _BLOCK)
+        m = blocks.max(axis=1, out=maxima)
+        bound = np.partition(m, nb - k)[nb - k]
+        cand = np.flatnonzero(np.greater_equal(logits, bound, out=mask))
+        if len(cand) > 16 * k + 1024:  # a flat distribution (many equal logits): no gain
+            cand = None
+    if cand is None:
+        cand = np.sort(np.argpartition(logits, n - k)[n - k :])
+    return cand[np.argsort(-logits[cand], kind="stable")[:k]]
 
 
 def top_p_count(sorted_probs: np.ndarray, p: float) -> int:
@@ -140,32 +168,42 @@ class Sampler:
     def __init__(self, params: SamplingParams, n_vocab: int):
         self.params = params.validate()
         self.rng = np.random.default_rng(params.seed)
-        self._work = np.empty(n_vocab, dtype=np.float32)  # reused every step
+        # Scratch arrays reused every step: the token loop allocates nothing vocabulary-sized.
+        self._work = np.empty(n_vocab, dtype=np.float32)  # logits after the penalty
+        self._scratch = np.empty(n_vocab, dtype=np.float32)  # exponentials (logsumexp)
+        self._mask = np.empty(n_vocab, dtype=bool)
+        self._maxima = np.empty(n_vocab // _BLOCK, dtype=np.float32)
         self._where = np.full(n_vocab, -1, dtype=np.int64)  # id -> index in the kept set
 
-    def _candidates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def _top_k(self, x: np.ndarray, k: int) -> np.ndarray:
+        return top_k_ids(x, k, maxima=self._maxima, mask=self._mask)
+
+    def _candidates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
         """The candidates that survive top-k and min-p bounds, most likely first, with the
-        probabilities top-p is measured on; None when nothing can be cut."""
+        probabilities top-p is measured on (and, after top-k, their unnormalised
+        exponentials, which the distribution at T=1 reuses); None when nothing can be cut."""
         p = self.params
         if 0 < p.top_k < x.shape[0]:
-            ids = top_k_ids(x, p.top_k)
+            ids = self._top_k(x, p.top_k)
             # As llama.cpp: top-p and min-p act on the top-k set, renormalised.
-            return ids, softmax(x[ids])
+            z = x[ids].astype(np.float64)
+            e = np.exp(z - z[0])  # z[0] is the largest: what softmax() computes
+            return ids, e / e.sum(), e
         if p.top_p >= 1.0 and p.min_p <= 0.0:
             return None
-        lse = logsumexp(x)
+        lse = logsumexp(x, out=self._scratch)
         if p.min_p > 0.0:
             # p >= min_p * p_max  <=>  x >= x_max + ln(min_p): bounds the set before sorting.
-            keep = np.flatnonzero(x >= x.max() + math.log(p.min_p))
+            keep = np.flatnonzero(np.greater_equal(x, x.max() + math.log(p.min_p), out=self._mask))
             ids = keep[np.argsort(-x[keep], kind="stable")]
-            return ids, np.exp(x[ids].astype(np.float64) - lse)
+            return ids, np.exp(x[ids].astype(np.float64) - lse), None
         # top-p alone: grow a partial sort until it holds the mass (exact, rarely full).
         k = 64
         while True:
-            ids = top_k_ids(x, k)
+            ids = self._top_k(x, k)
             probs = np.exp(x[ids].astype(np.float64) - lse)
             if probs.sum() >= p.top_p or k >= x.shape[0]:
-                return ids, probs
+                return ids, probs, None
             k *= 16
 
     def sample(
@@ -182,9 +220,10 @@ class Sampler:
         model_probs: also report the token's log probability under the raw softmax.
         """
         p = self.params
-        x = self._work
-        np.copyto(x, logits)
+        x = logits  # read only, unless the penalty needs a copy to change
         if p.repeat_penalty != 1.0 and p.repeat_last_n:
+            x = self._work
+            np.copyto(x, logits)
             apply_repetition_penalty(x, history[-p.repeat_last_n :], p.repeat_penalty)
         temperature = p.temperature or 1.0  # greedy reports the distribution at T=1
         found = self._candidates(x)
@@ -194,12 +233,17 @@ class Sampler:
             ids = np.arange(x.shape[0])
             probs = softmax(x, temperature)
         else:
-            ranked, base = found
+            ranked, base, e = found
             n = min(top_p_count(base, p.top_p), min_p_count(base, p.min_p))
             ids = ranked[:n]
-            probs = softmax(x[ids], temperature)
+            if e is not None and temperature == 1.0:
+                # The same numbers softmax(x[ids]) gives, without recomputing them.
+                probs = base if n == len(base) else e[:n] / e[:n].sum()
+            else:
+                probs = softmax(x[ids], temperature)
         if p.temperature == 0.0:
-            i = int(np.argmax(probs))
+            # Ranked candidates come most likely first: the first is the argmax.
+            i = 0 if ranked is not None else int(np.argmax(probs))
         else:
             cum = np.cumsum(probs)
             i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
@@ -209,18 +253,18 @@ class Sampler:
         model_lp = None
         top: tuple[Alternative, ...] = ()
         if model_probs or n_top:
-            lse = logsumexp(logits)
+            lse = logsumexp(logits, out=self._scratch)
             model_lp = float(logits[token]) - lse
             if n_top:
-                top = self._alternatives(logits, lse, ranked, ids, probs, n_top)
+                top = self._alternatives(x, logits, lse, ranked, ids, probs, n_top)
         return Draw(token, float(probs[i]), ids, probs, model_lp, top)
 
-    def _alternatives(self, logits, lse, ranked, ids, probs, n_top) -> tuple[Alternative, ...]:
+    def _alternatives(self, x, logits, lse, ranked, ids, probs, n_top) -> tuple[Alternative, ...]:
         # The most likely candidates in the sampler's order; `ranked` already holds them
-        # when it is long enough, else a partial sort of the working logits.
+        # when it is long enough, else a partial sort of the working logits `x`.
         top_ids = ranked[:n_top] if ranked is not None and len(ranked) >= n_top else None
         if top_ids is None:
-            top_ids = top_k_ids(self._work, n_top)
+            top_ids = self._top_k(x, n_top)
         where = self._where
         where[ids] = np.arange(len(ids))
         out = []
