@@ -111,30 +111,9 @@ class RemoteJsonRenderer:
         if finish is None:
             self.out.flush()
             return
-        t = finish.timings
-        gen_tps = None
-        if finish.completion_tokens is not None and t.generation_s > 0:
-            gen_tps = round(finish.completion_tokens / t.generation_s, 3)
-        prompt_tps = t.prompt_tps()
-        obj = {
-            "finish_reason": finish.reason,
-            "usage": {
-                "prompt_tokens": finish.prompt_tokens,
-                "completion_tokens": finish.completion_tokens,
-            },
-            "timings": {
-                "load_s": round(t.load_s, 6),
-                "prompt_s": round(t.prompt_s, 6),
-                "ttft_s": round(t.ttft_s, 6),
-                "generation_s": round(t.generation_s, 6),
-                "prompt_tokens_evaluated": t.prompt_tokens_evaluated,
-                "prompt_tokens_per_s": None if prompt_tps is None else round(prompt_tps, 3),
-                "tokens_per_s": gen_tps,
-            },
-        }
-        if finish.stop is not None:
-            obj["stop"] = finish.stop
-        self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        from gptcli.render_probs import finish_object
+
+        self.out.write(json.dumps(finish_object(finish), ensure_ascii=False) + "\n")
         self.out.flush()
 
 
