@@ -194,13 +194,9 @@ class RemoteRepl(Repl):
                 f"first token {t.ttft_s:.3f} s after the request (prompt evaluation and network)",
                 f"finish      {f.reason}",
             ]
-        p = self.params
-        lines.append(
-            f"sampling    temperature {p.temperature}, top-k {p.top_k}, top-p {p.top_p}, "
-            f"min-p {p.min_p}, repeat-penalty {p.repeat_penalty}, "
-            f"seed {p.seed if p.seed is not None else 'random'}, "
-            f"max-tokens {self.max_tokens or 'off'} (sent with each request)"
-        )
+        from gptcli.repl import sampling_summary
+
+        lines.append(sampling_summary(self.params, self.max_tokens) + " (sent with each request)")
         console = stderr_console()
         for line in lines:
             console.print(Text(line, style="dim"), soft_wrap=True)

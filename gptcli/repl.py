@@ -48,6 +48,16 @@ prompt, Ctrl-D or /exit ends the chat.
 """
 
 
+def sampling_summary(p, max_tokens: int | None) -> str:
+    """The /stats line that lists the sampling settings."""
+    return (
+        f"sampling    temperature {p.temperature}, top-k {p.top_k}, top-p {p.top_p}, "
+        f"min-p {p.min_p}, repeat-penalty {p.repeat_penalty}, "
+        f"seed {p.seed if p.seed is not None else 'random'}, "
+        f"max-tokens {max_tokens or 'off'}"
+    )
+
+
 @dataclass
 class LastReply:
     finish: Finish
@@ -454,13 +464,7 @@ class Repl:
                 f"{f.generation_tps():.1f} tokens/s, first token after {t.ttft_s:.3f} s",
                 f"finish      {f.reason}",
             ]
-        p = self.params
-        lines.append(
-            f"sampling    temperature {p.temperature}, top-k {p.top_k}, top-p {p.top_p}, "
-            f"min-p {p.min_p}, repeat-penalty {p.repeat_penalty}, "
-            f"seed {p.seed if p.seed is not None else 'random'}, "
-            f"max-tokens {self.max_tokens or 'off'}"
-        )
+        lines.append(sampling_summary(self.params, self.max_tokens))
         console = stderr_console()
         for line in lines:
             console.print(Text(line, style="dim"), soft_wrap=True)

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from serverfixture import FaultServer, LlamaServer  # noqa: E402
 from tinymodel import read_tokenizer, write_tiny_model  # noqa: E402
 
 from gptcli.models import embedded_model_path  # noqa: E402
@@ -57,6 +58,20 @@ def tiny_model_factory(tmp_path_factory, tokenizer):
         return write_tiny_model(folder / f"{name}.gguf", tokenizer, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def server(smollm2) -> LlamaServer:
+    """A llama-cpp-python server on 127.0.0.1 serving the embedded model."""
+    return LlamaServer.get(smollm2)
+
+
+@pytest.fixture(scope="module")
+def faults():
+    """A stdlib server that fails on purpose (500, dropped streams, ...)."""
+    f = FaultServer()
+    yield f
+    f.stop()
 
 
 @dataclass

@@ -9,7 +9,7 @@ import math
 
 import pytest
 from conftest import clean_env, run_gptcli
-from serverfixture import FaultServer, LlamaServer, free_port
+from serverfixture import free_port
 
 from gptcli.errors import GptcliError
 from gptcli.generation import Finish, TokenEvent
@@ -18,18 +18,6 @@ from gptcli.sampling import SamplingParams
 
 PROMPT = "The capital of France is"
 GREEDY = SamplingParams(temperature=0)
-
-
-@pytest.fixture(scope="module")
-def server(smollm2) -> LlamaServer:
-    return LlamaServer.get(smollm2)
-
-
-@pytest.fixture(scope="module")
-def faults():
-    f = FaultServer()
-    yield f
-    f.stop()
 
 
 def events(gen) -> tuple[list[TokenEvent], Finish]:

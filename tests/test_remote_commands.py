@@ -8,21 +8,9 @@ import json
 import math
 
 import pytest
-from serverfixture import ECHO_LOGPROBS, FaultServer, LlamaServer, free_port
+from serverfixture import ECHO_LOGPROBS, free_port
 
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def server(smollm2) -> LlamaServer:
-    return LlamaServer.get(smollm2)
-
-
-@pytest.fixture(scope="module")
-def faults():
-    f = FaultServer()
-    yield f
-    f.stop()
 
 
 def one_error_line(stderr: str, needle: str) -> None:

@@ -68,9 +68,7 @@ def chat(
         from gptcli.commands import remote_run
         from gptcli.remote_repl import run_remote_chat
 
-        remote_run.ignored_local_options(
-            **{"--ctx": ctx, "--threads": threads, "--gpu-layers": gpu_layers, "--verbose": verbose}
-        )
+        remote_run.ignored_local_options(ctx, threads, gpu_layers, verbose)
         code = run_remote_chat(
             remote_run.connect(server, model),
             params,

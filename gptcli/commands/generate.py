@@ -113,9 +113,7 @@ def generate(
     if server:
         from gptcli.commands import remote_run
 
-        remote_run.ignored_local_options(
-            **{"--ctx": ctx, "--threads": threads, "--gpu-layers": gpu_layers, "--verbose": verbose}
-        )
+        remote_run.ignored_local_options(ctx, threads, gpu_layers, verbose)
         remote = remote_run.connect(server, model)
         request = remote_run.RemoteRequest(raw, system, params, max_tokens, list(stop or []))
         if each_line:

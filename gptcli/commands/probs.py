@@ -69,7 +69,7 @@ def next_token(
     if server:
         from gptcli.commands import remote_run
 
-        _ignored(ctx, threads, gpu_layers, verbose)
+        remote_run.ignored_local_options(ctx, threads, gpu_layers, verbose)
         return remote_run.next_remote(
             remote_run.connect(server, model),
             text,
@@ -150,7 +150,7 @@ def score(
     if server:
         from gptcli.commands import remote_run
 
-        _ignored(ctx, threads, gpu_layers, verbose)
+        remote_run.ignored_local_options(ctx, threads, gpu_layers, verbose)
         return remote_run.score_remote(remote_run.connect(server, model), text, worst, json_out)
     from gptcli.commands.options import load_engine
     from gptcli.prompting import raw_prompt
@@ -168,14 +168,6 @@ def score(
         from gptcli.render_probs import score_text
 
         score_text(result, engine.piece, worst, skip=engine.is_control)
-
-
-def _ignored(ctx, threads, gpu_layers, verbose) -> None:
-    from gptcli.commands.remote_run import ignored_local_options
-
-    ignored_local_options(
-        **{"--ctx": ctx, "--threads": threads, "--gpu-layers": gpu_layers, "--verbose": verbose}
-    )
 
 
 def register(app: typer.Typer) -> None:

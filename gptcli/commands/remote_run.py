@@ -17,18 +17,19 @@ from dataclasses import dataclass
 from gptcli.errors import GptcliError, UsageError
 from gptcli.remote import NO_LOGPROBS, RemoteServer
 
-LOCAL_ONLY = ("--ctx", "--threads", "--gpu-layers", "--verbose")
-
 
 def connect(url: str, model: str | None = None) -> RemoteServer:
     """The server for --server URL; `-m` names one of its models (else its default)."""
     return RemoteServer(url, model=model)
 
 
-def ignored_local_options(**given) -> None:
+def ignored_local_options(
+    ctx: int, threads: int | None, gpu_layers: int | None, verbose: bool
+) -> None:
     """Options that only shape a local run: say once that the server ignores them."""
     from gptcli.render import notice
 
+    given = {"--ctx": ctx, "--threads": threads, "--gpu-layers": gpu_layers, "--verbose": verbose}
     names = [name for name, value in given.items() if value]
     if names:
         notice(f"{', '.join(names)} only apply to a local model: ignored with --server")
