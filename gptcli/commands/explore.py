@@ -1,0 +1,153 @@
+"""`gptcli explore`: a full-screen walk through the next-token distribution, with branches.
+
+Textual and the explorer are imported only when the command runs (`--help` stays fast).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from gptcli.commands.options import (
+    CtxOpt,
+    GpuLayersOpt,
+    ModelOpt,
+    SystemOpt,
+    ThreadsOpt,
+    VerboseOpt,
+)
+
+NOT_A_TERMINAL = (
+    "explore is a full-screen app and needs a terminal; without one, use "
+    "`gptcli next --steps N PROMPT` (the distribution at each step) or "
+    "`gptcli generate --probs PROMPT` (the probability of every token taken)"
+)
+DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0}
+
+
+def explore(
+    prompt: Annotated[
+        str | None, typer.Argument(help="The text to start from (empty: after BOS).")
+    ] = None,
+    model: ModelOpt = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Plain completion of PROMPT (the default).")
+    ] = False,
+    chat: Annotated[
+        bool, typer.Option("--chat", help="Wrap PROMPT in the model's chat template.")
+    ] = False,
+    system: SystemOpt = None,
+    load: Annotated[
+        str | None,
+        typer.Option("--load", metavar="FILE", help="Reopen a tree saved with `w`."),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("-t", "--temperature", help="Softmax temperature (0.8).")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k (40; 0: off).")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Top-p (0.95; 1: off).")] = None,
+    min_p: Annotated[float | None, typer.Option("--min-p", help="Min-p (0.05; 0: off).")] = None,
+    repeat_penalty: Annotated[
+        float | None, typer.Option("--repeat-penalty", help="Penalise the last 64 tokens (1).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed for `s`.")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("-n", "--steps", metavar="N", help="Tokens per `g` or `s` (10)."),
+    ] = None,
+    ctx: CtxOpt = 0,
+    threads: ThreadsOpt = None,
+    gpu_layers: GpuLayersOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Walk the next-token distribution token by token: see every candidate with its
+    probability, take another one, step back, branch, change the temperature and
+    truncation and watch the bars move. `?` in the app lists the keys."""
+    from gptcli.commands.options import load_engine, sampling_params
+    from gptcli.errors import UsageError
+
+    if raw and chat:
+        raise UsageError("--raw and --chat exclude each other")
+    if load and prompt is not None:
+        raise UsageError("give PROMPT or --load FILE, not both")
+    if steps is not None and not 1 <= steps <= 10000:
+        raise UsageError(f"--steps must be from 1 to 10000, got {steps}")
+    given = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repeat_penalty": repeat_penalty,
+    }
+    opts = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
+    sampling_params(**opts, seed=seed)  # bad values: one line before anything loads
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        # Textual draws on stderr and reads stdin; stdout stays free for `e`.
+        raise UsageError(NOT_A_TERMINAL)
+
+    engine = load_engine(model, ctx, threads, gpu_layers, verbose)
+    from gptcli.explorer.session import Session, load_tree, model_id
+
+    if load:
+        tree = load_tree(load, engine)
+        saved = tree.settings
+        for k in opts:  # the file's settings, unless given on the command line
+            if given[k] is None and _number(saved.get(k)):
+                opts[k] = saved[k]
+        if steps is None and isinstance(saved.get("steps"), int):
+            steps = saved["steps"] if 1 <= saved["steps"] <= 10000 else None
+    else:
+        tree = new_tree(engine, prompt or "", chat or bool(system), system, model_id(engine))
+    try:
+        params = sampling_params(**opts, seed=seed)
+    except UsageError as e:
+        raise UsageError(f"{load}: {e.message}") from None
+    session = Session(engine, tree, params, steps or 10)
+    text = run_app(session)
+    if text is not None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def new_tree(engine, text: str, chat: bool, system: str | None, mid):
+    """A tree holding only the prompt: raw text, or the chat template around it."""
+    from gptcli.errors import UsageError
+    from gptcli.explorer.tree import Tree
+    from gptcli.prompting import chat_prompt, messages_for, raw_prompt
+
+    if chat:
+        tokens = chat_prompt(engine, messages_for(text, system))
+    else:
+        tokens = raw_prompt(engine, text)
+    if not tokens:  # an empty prompt: what follows BOS, as `next` shows
+        bos = engine.bos_id
+        if not 0 <= bos < engine.n_vocab:
+            raise UsageError("the prompt tokenizes to nothing and the model has no BOS token")
+        tokens = [bos]
+    if len(tokens) >= engine.n_ctx:
+        raise UsageError(
+            f"the prompt has {len(tokens)} tokens; the context holds {engine.n_ctx} (raise --ctx)"
+        )
+    return Tree(mid, text, tokens, chat, system)
+
+
+def run_app(session) -> str | None:
+    """Run the app on this terminal; the branch text when quit with `e`."""
+    from gptcli.explorer.app import Explorer
+
+    session.view()  # evaluate the prompt before the screen switches (errors stay readable)
+    app = Explorer(session)
+    result = app.run()
+    if app.return_code:  # Textual printed what went wrong
+        raise typer.Exit(app.return_code)
+    return result
+
+
+def register(app: typer.Typer) -> None:
+    app.command("explore")(explore)

@@ -1,0 +1,215 @@
+"""The explorer's state joined to the engine: the tree, the settings, and the logits of
+every visited node, kept so that moving around and changing settings cost no model call.
+
+The engine's KV cache is brought to a node only when that node's logits are needed
+and not kept: `prefill` then reuses the longest shared prefix, so stepping back costs
+nothing and accepting a token, on any branch, evaluates that one token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import replace
+
+from gptcli.engine import Engine
+from gptcli.errors import GptcliError, UsageError
+from gptcli.explorer import tree as treemod
+from gptcli.explorer.dist import NodeLogits, View, view
+from gptcli.explorer.tree import ModelId, Node, Tree
+from gptcli.sampling import Sampler, SamplingParams
+
+CACHE_BYTES = 256 * 1024 * 1024  # logits kept for revisits; older nodes are re-evaluated
+
+
+def model_id(engine: Engine) -> ModelId:
+    """The model a tree belongs to: its name, file size and a tokenizer fingerprint."""
+    h = hashlib.sha256()
+    for t in range(engine.n_vocab):
+        p = engine.piece(t)
+        h.update(len(p).to_bytes(2, "little") + p)
+    return ModelId(engine.name, int(engine.header.file_size), engine.n_vocab, h.hexdigest())
+
+
+class Session:
+    def __init__(self, engine: Engine, tree: Tree, params: SamplingParams, steps: int = 10):
+        self.engine = engine
+        self.tree = tree
+        self.params = params.validate()
+        self.steps = steps  # N for `g` and `s`
+        self.rng_seed = params.seed
+        self._sampler = Sampler(params, engine.n_vocab)
+        self._cache: OrderedDict[int, NodeLogits] = OrderedDict()
+        self._cache_rows = max(8, CACHE_BYTES // max(1, engine.n_vocab * 12))
+        self.last_eval: tuple[int, float] | None = None  # (tokens, seconds) of the last call
+        self.evaluations = 0  # model calls so far (tests check that settings cost none)
+        self._last_view: tuple | None = None
+
+    # -- logits --------------------------------------------------------------
+
+    def logits(self, node: int) -> NodeLogits:
+        """The next-token logits at `node`, evaluated only when not cached."""
+        cached = self._cache.get(node)
+        if cached is not None:
+            self._cache.move_to_end(node)
+            return cached
+        tokens = self.tree.tokens(node)
+        t0 = time.perf_counter()
+        row = self.engine.prefill(tokens)
+        nl = NodeLogits(row)  # a copy: the engine's row is a view, overwritten next call
+        self.last_eval = (self.engine.last_prefill_evaluated, time.perf_counter() - t0)
+        self.evaluations += 1
+        self._cache[node] = nl
+        while len(self._cache) > self._cache_rows:
+            self._cache.popitem(last=False)
+        return nl
+
+    def view(self, node: int | None = None) -> View:
+        node = self.tree.current if node is None else node
+        nl = self.logits(node)
+        key = (node, id(nl), self.params)
+        if self._last_view is None or self._last_view[0] != key:  # one redraw asks twice
+            self._last_view = (key, view(nl, self.params, self.tree.tokens(node)))
+        return self._last_view[1]
+
+    def is_cached(self, node: int) -> bool:
+        return node in self._cache
+
+    # -- settings ----------------------------------------------------------------
+
+    def set_params(self, **changes) -> None:
+        params = replace(self.params, **changes).validate()
+        rng = self._sampler.rng  # the draws go on from where they were
+        self.params = params
+        self._sampler = Sampler(params, self.engine.n_vocab)
+        self._sampler.rng = rng
+        self.tree.settings = self.settings()
+
+    def settings(self) -> dict:
+        p = self.params
+        return {
+            "temperature": p.temperature,
+            "top_k": p.top_k,
+            "top_p": p.top_p,
+            "min_p": p.min_p,
+            "repeat_penalty": p.repeat_penalty,
+            "steps": self.steps,
+        }
+
+    # -- moving ------------------------------------------------------------------
+
+    def accept(self, token: int, how: str = "pick") -> int:
+        """Take `token` after the current node (a new branch if it was not taken
+        before), evaluate it, and make it current."""
+        tree = self.tree
+        parent = tree.current
+        existing = tree.child(parent, token)
+        if existing is None:
+            if not 0 <= token < self.engine.n_vocab:
+                raise UsageError(f"token id {token} is outside the vocabulary")
+            if len(tree.tokens(parent)) + 1 > self.engine.n_ctx:
+                raise GptcliError(f"the context is full ({self.engine.n_ctx} tokens)")
+            v = self.view(parent)
+            nl = self.logits(parent)
+            rank = nl.rank(token) if v.order is nl.order else _rank_in(v, token)
+            existing = tree.add(
+                parent,
+                Node(
+                    token,
+                    parent,
+                    self.engine.piece(token),
+                    nl.logprob(token),
+                    v.sampled_prob(rank - 1),  # 0: cut by the current truncation
+                    rank,
+                    how,
+                ),
+            )
+        tree.visit(existing)
+        self.logits(existing)  # one decode; nothing when it was cached
+        return existing
+
+    def back(self) -> bool:
+        node = self.tree.nodes[self.tree.current]
+        if node.parent is None:
+            return False
+        self.tree.visit(node.parent)  # the cache keeps its logits: nothing evaluated
+        return True
+
+    def forward(self) -> bool:
+        nxt = self.tree.follow(self.tree.current)
+        if nxt is None:
+            return False
+        self.tree.visit(nxt)
+        self.logits(nxt)
+        return True
+
+    def goto(self, node: int) -> None:
+        if not 0 <= node < len(self.tree.nodes):
+            raise UsageError(f"no node {node}")
+        self.tree.visit(node)
+        self.logits(node)
+
+    def at_end(self) -> bool:
+        """The current token ends the text: nothing follows it."""
+        node = self.tree.nodes[self.tree.current]
+        return node.token >= 0 and self.engine.is_eog(node.token)
+
+    def run(self, n: int, greedy: bool) -> int:
+        """Continue n tokens, greedily or sampled; stops after an end-of-text token.
+        Returns how many were taken."""
+        t0 = time.perf_counter()
+        taken = 0
+        for _ in range(n):
+            if self.at_end() or len(self.tree.tokens(self.tree.current)) >= self.engine.n_ctx:
+                break
+            cur = self.tree.current
+            if greedy:
+                token = int(self.view(cur).order[0])
+                self.accept(token, "greedy")
+            else:
+                nl = self.logits(cur)
+                draw = self._sampler.sample(nl.logits, self.tree.tokens(cur))
+                child = self.accept(draw.token, "sample")
+                self.tree.nodes[child].prob = draw.prob
+            taken += 1
+        if taken:
+            self.last_eval = (taken, time.perf_counter() - t0)
+        return taken
+
+    def force(self, text: str) -> int:
+        """Take the tokens of `text` (no BOS, no special tokens) one after another."""
+        tokens = self.engine.tokenize(text, add_bos=False, special=False)
+        if not tokens:
+            raise UsageError("that text makes no tokens")
+        for t in tokens:
+            self.accept(t, "force")
+        return len(tokens)
+
+    # -- text ------------------------------------------------------------------
+
+    def branch_text(self, node: int | None = None) -> str:
+        """The text of the branch up to `node`: prompt and completion for a raw prompt,
+        the reply alone under a chat template."""
+        node = self.tree.current if node is None else node
+        reply = b"".join(self.tree.nodes[i].piece for i in self.tree.path(node))
+        text = reply.decode("utf-8", errors="replace")
+        return text if self.tree.chat else self.tree.prompt_text + text
+
+    def save(self, path: str) -> None:
+        self.tree.settings = self.settings()
+        try:
+            self.tree.save(path)
+        except OSError as e:
+            raise GptcliError(f"cannot save the tree to {path}: {e.strerror or e}") from None
+
+
+def _rank_in(v: View, token: int) -> int:
+    import numpy as np
+
+    return int(np.flatnonzero(v.order == token)[0]) + 1
+
+
+def load_tree(path: str, engine: Engine) -> Tree:
+    obj = treemod.read(path)
+    return treemod.from_json(obj, path, model_id(engine), engine.piece, engine.n_ctx)
