@@ -1,0 +1,167 @@
+"""Continuous batching (`generate --each-line -j N` locally): gptcli.batching on real
+llama.cpp, checked against the single-sequence Generation, one line at a time."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from gptcli.batching import Batcher, BatchSettings, line_seed, shared_tokens
+from gptcli.engine import Engine, EngineOptions
+from gptcli.generation import Generation
+from gptcli.prompting import chat_format, chat_prompt, messages_for, raw_prompt
+from gptcli.sampling import Sampler, SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+LINES = [
+    "The capital of France is",
+    "Once upon a time",
+    "",
+    "The best way to learn Python is",
+    "My favourite colour is",
+    "   ",
+    "In 1969, the first man on the Moon",
+    "Water boils at",
+    "The quick brown fox",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2):
+    with Engine(smollm2, EngineOptions(n_ctx=512, n_threads=1)) as e:
+        yield e
+
+
+def raw_for(engine):
+    return lambda line: raw_prompt(engine, "Complete: " + line)
+
+
+def batched(engine, lines, n_seq, settings, prompt_for=None, seed=None):
+    batcher = Batcher(engine, n_seq, prompt_for or raw_for(engine), settings, seed=seed)
+    try:
+        return list(batcher.run(lines)), batcher
+    finally:
+        batcher.close()
+
+
+def one_at_a_time(engine, lines, settings, seed, prompt_for=None):
+    """The oracle: the single-sequence Generation, each line with its derived seed."""
+    prompt_for = prompt_for or raw_for(engine)
+    texts = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            texts.append("")
+            continue
+        params = replace(settings.params, seed=line_seed(seed, i))
+        events = Generation(
+            engine,
+            prompt_for(line),
+            Sampler(params, engine.n_vocab),
+            settings.max_tokens,
+            settings.stops,
+        )
+        texts.append("".join(e.text for e in events))
+    return texts
+
+
+def test_greedy_j4_equals_j1_and_one_at_a_time(engine):
+    settings = BatchSettings(GREEDY, max_tokens=16)
+    one, _ = batched(engine, LINES, 1, settings)
+    four, _ = batched(engine, LINES, 4, settings)
+    assert [r.index for r in four] == list(range(len(LINES)))
+    assert [r.text for r in four] == [r.text for r in one]
+    assert [r.text for r in one] == one_at_a_time(engine, LINES, settings, 0)
+    assert four[0].text.startswith(" Paris")
+
+
+def test_sampled_lines_do_not_depend_on_n(engine):
+    settings = BatchSettings(SamplingParams(temperature=1.0, seed=7), max_tokens=12)
+    texts = {n: [r.text for r in batched(engine, LINES, n, settings)[0]] for n in (1, 3, 8)}
+    assert texts[1] == texts[3] == texts[8]
+    assert texts[1] == one_at_a_time(engine, LINES, settings, 7)
+
+
+def test_seed_is_derived_per_line_index(engine):
+    settings = BatchSettings(SamplingParams(temperature=1.5, seed=3), max_tokens=12)
+    results, _ = batched(engine, ["Once upon a time"] * 4, 2, settings)
+    assert len({r.text for r in results}) > 1  # the same text, other seeds: other stories
+    again, _ = batched(engine, ["Once upon a time"] * 4, 4, settings)
+    assert [r.text for r in again] == [r.text for r in results]
+
+
+def test_stop_strings_max_tokens_and_utf8_per_line(engine):
+    lines = ["The capital of France is", "Write a smiley emoji:", "Count: 1, 2, 3,"]
+    settings = BatchSettings(GREEDY, max_tokens=20, stops=(",", "aris"))
+    results, _ = batched(engine, lines, 3, settings)
+    assert [r.text for r in results] == one_at_a_time(engine, lines, settings, 0)
+    assert results[0].text == " P" and results[0].finish.stop == "aris"
+    assert all(r.finish.completion_tokens <= 20 for r in results)
+
+
+def test_empty_lines_give_empty_results_in_place(engine):
+    results, _ = batched(engine, ["", "Water boils at", " ", ""], 2, BatchSettings(GREEDY, 4))
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    assert [r.text == "" for r in results] == [True, False, True, True]
+    assert results[0].finish is None and results[0].error is None
+
+
+def test_a_line_too_long_fails_alone(smollm2):
+    with Engine(smollm2, EngineOptions(n_ctx=64, n_threads=1)) as small:
+        lines = ["Water boils at", "word " * 200, "The capital of France is"]
+        results, _ = batched(small, lines, 2, BatchSettings(GREEDY, max_tokens=4))
+    assert [r.index for r in results] == [0, 1, 2]
+    assert results[1].text == "" and "context holds 64" in results[1].error
+    assert results[0].text and results[2].text.startswith(" Paris")
+    assert results[0].error is None and results[2].error is None
+
+
+def test_shared_prefix_is_evaluated_once(engine):
+    fmt = chat_format(engine)
+
+    def prompt_for(line):
+        return chat_prompt(
+            engine, messages_for("Classify the sentiment:\n\n" + line, "Be brief."), fmt
+        )
+
+    lines = [line for line in LINES if line.strip()]
+    shared = shared_tokens(prompt_for)
+    assert len(shared) > 15  # the template, the system prompt and the instruction
+    # One token out per line: only prompts are evaluated, each shared part once.
+    results, batcher = batched(engine, lines, 3, BatchSettings(GREEDY, 1), prompt_for)
+    prompts = [prompt_for(line) for line in lines]
+    assert all(p[: len(shared)] == shared for p in prompts)
+    expected = len(shared) + sum(len(p) - len(shared) for p in prompts)
+    assert batcher.batched.tokens_decoded == expected
+    assert all(
+        r.finish.timings.prompt_tokens_evaluated == len(p) - len(shared)
+        for r, p in zip(results, prompts, strict=False)
+    )
+
+
+def test_results_stream_before_the_input_ends(engine):
+    pulled = []
+
+    def lines():
+        for i in range(200):
+            pulled.append(i)
+            yield f"Line {i} says"
+
+    batcher = Batcher(engine, 2, raw_for(engine), BatchSettings(GREEDY, 2))
+    try:
+        first = next(batcher.run(lines()))
+    finally:
+        batcher.close()
+    assert first.index == 0 and first.text
+    assert len(pulled) < 200
+
+
+def test_tiny_model_batches_too(tiny_model):
+    with Engine(tiny_model, EngineOptions(n_ctx=128, n_threads=1)) as tiny:
+        settings = BatchSettings(SamplingParams(temperature=0.9, seed=11), max_tokens=8)
+        lines = [f"line {i}" for i in range(7)]
+        one, _ = batched(tiny, lines, 1, settings)
+        five, _ = batched(tiny, lines, 5, settings)
+        assert [r.text for r in five] == [r.text for r in one]
+        assert [r.finish.completion_tokens for r in five] == [
+            r.finish.completion_tokens for r in one
+        ]
