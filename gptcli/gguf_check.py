@@ -111,6 +111,8 @@ TENSOR_TYPES: dict[int, tuple[int, int]] = {
 
 # llama-model.cpp: any other value of {arch}.rope.scaling.type aborts.
 ROPE_SCALING_TYPES = {"none", "linear", "yarn", "longrope"}
+# Float hyperparameters (after `{arch}.`) that only make sense above 0.
+POSITIVE_HPARAMS = {"rope.freq_base", "rope.freq_base_swa"}
 
 
 class GGUFError(GptcliError):
@@ -468,3 +470,9 @@ def _check_hparams(header: GGUFHeader, r: _Reader) -> None:
             raise r.fail(f"{key} is {value}")
         if key.endswith("epsilon") and value < 0:
             raise r.fail(f"{key} is negative ({value})")
+        # Loaded without complaint, then garbage: a RoPE base of 0 or below gives NaN
+        # logits on every step; a zero norm epsilon divides by zero on a zero vector.
+        if key.endswith("epsilon") and value == 0:
+            raise r.fail(f"{key} is 0 (a norm epsilon must be positive)")
+        if key.split(".", 1)[1] in POSITIVE_HPARAMS and value <= 0:
+            raise r.fail(f"{key} is {value:g} (it must be positive)")

@@ -37,8 +37,11 @@ def print_error(message: str) -> None:
     console = stderr_console()
     from rich.text import Text
 
+    from gptcli.terminal import safe
+
     line = Text("gptcli: error: ", style="bold red")
-    line.append(message.replace("\n", " "))
+    # A message, not data: always one line, nothing in it a terminal acts on.
+    line.append(safe(message.replace("\n", " ")))
     console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -46,27 +49,40 @@ def notice(message: str) -> None:
     """A dim informational line on stderr."""
     from rich.text import Text
 
-    stderr_console().print(Text(message, style="dim"), soft_wrap=True)
+    from gptcli.terminal import safe
+
+    stderr_console().print(Text(safe(message), style="dim"), soft_wrap=True)
 
 
 class TextRenderer:
     """Plain streaming: each event's released text to stdout, flushed at once."""
 
     def __init__(self, out=None):
+        from gptcli.terminal import Guard, is_terminal
+
         self.out = out or sys.stdout
         self._last = ""
+        # Model or server text: escaped on a terminal, exact through a pipe.
+        tty = is_terminal(self.out)
+        if tty:
+            from gptcli.render_probs import shows_colour
+
+            self._guard = Guard(True, dim=shows_colour())
+        else:
+            self._guard = Guard(False)
 
     def token(self, event: TokenEvent) -> None:
-        if event.text:
+        text = event.text
+        if text:
             # Noted before writing: a Ctrl-C raised as flush() returns must still
             # let finish() end the line.
-            self._last = event.text
-            self.out.write(event.text)
+            self._last = text
+            self.out.write(self._guard(text) if self._guard.active else text)
             self.out.flush()
 
     def finish(self, finish: Finish | None) -> None:
         if finish is not None and finish.text:
-            self.out.write(finish.text)
+            self.out.write(self._guard(finish.text))
             self._last = finish.text
         # End on a newline, so the shell prompt and `wc -l` see whole lines.
         if self._last and not self._last.endswith("\n"):

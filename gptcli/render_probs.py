@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
+from gptcli.terminal import Guard, json_safe, safe
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -61,7 +63,9 @@ def _escapes(console: Console, style: str) -> tuple[str, str]:
 
 def visible(text: str) -> str:
     """A token's text made visible on one line: whitespace at its ends as ␣, \\n, \\t."""
-    text = text.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    text = text.replace("\n", "\\n").replace("\t", "\\t")
+    # A token view: every control, C1 and bidi override shown as an escape (\x1b).
+    text = safe(text, token_view=True)
     core = text.strip(" ")
     if not core:
         return "␣" * len(text)
@@ -169,6 +173,7 @@ class ProbsRenderer:
         self.alternatives = alternatives
         self._piece = piece
         self._painter = _Painter(shows_colour() if colour is None else colour)
+        self._guard = Guard.for_stream(self.out, self._painter.colour)
         self._held: list[float] = []  # probabilities of tokens whose text is not out yet
         self._last = ""
         self._texts: dict[int, str] = {}
@@ -208,7 +213,7 @@ class ProbsRenderer:
             return
         probs = [*self._held, p]
         self._held.clear()
-        self.out.write(self._painter.paint(event.text, probs))
+        self.out.write(self._painter.paint(self._guard(event.text), probs))
         self.out.flush()
         self._last = event.text
 
@@ -244,7 +249,7 @@ class ProbsRenderer:
         if finish is not None and finish.text and not self.alternatives:
             # Text held back to the end (an unfinished character, a stop-string start).
             probs = self._held or [1.0]
-            self.out.write(self._painter.paint(finish.text, probs))
+            self.out.write(self._painter.paint(self._guard(finish.text), probs))
             self._held.clear()
             self._last = finish.text
         if self._last and not self._last.endswith("\n"):
@@ -307,7 +312,7 @@ class JsonRenderer:
             {**self._top(a.id), "logprob": _lp(a.logprob), "model_logprob": _lp(a.model_logprob)}
             for a in d.top
         ]
-        self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
         self.out.flush()
 
     def finish(self, finish: Finish | None) -> None:
@@ -359,6 +364,7 @@ class TextPainter:
 
     def __post_init__(self) -> None:
         self._painter = _Painter(self.colour)
+        self._guard = Guard.for_stream(self.out, self.colour)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held: list[float] = []
         self.last = ""
@@ -369,17 +375,18 @@ class TextPainter:
             self._held.append(p)
         if not text:
             return
+        shown = self._guard(text)
         if self._held:
-            self.out.write(self._painter.paint(text, self._held))
+            self.out.write(self._painter.paint(shown, self._held))
         else:
-            self.out.write(self._painter.faint(text))
+            self.out.write(self._painter.faint(shown))
         self._held = []
         self.last = text
 
     def close(self) -> None:
         text = self._decoder.decode(b"", final=True)
         if text:
-            self.out.write(self._painter.paint(text, self._held or [1.0]))
+            self.out.write(self._painter.paint(self._guard(text), self._held or [1.0]))
             self.last = text
         if self.last and not self.last.endswith("\n"):
             self.out.write("\n")
@@ -485,7 +492,7 @@ class NextJsonWriter:
                 for c in dist.candidates
             ],
         }
-        self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
         self.out.flush()
 
 
@@ -555,7 +562,7 @@ def score_json(scores, piece: Callable[[int], bytes], worst: int, out: TextIO | 
                 **token_object(int(scores.best_ids[i]), piece(int(scores.best_ids[i]))),
                 "logprob": float(scores.best_logprobs[i]),
             }
-        write(json.dumps(obj, ensure_ascii=False) + "\n")
+        write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
     summary = {
         "tokens": len(scores.tokens),
         "scored_tokens": len(scores.scored),
@@ -570,5 +577,5 @@ def score_json(scores, piece: Callable[[int], bytes], worst: int, out: TextIO | 
             for i in scores.least_likely(worst)
         ],
     }
-    write(json.dumps(summary, ensure_ascii=False) + "\n")
+    write(json_safe(json.dumps(summary, ensure_ascii=False)) + "\n")
     out.flush()

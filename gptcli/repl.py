@@ -290,6 +290,7 @@ class Repl:
             renderer.finish(None)
             finish = generation.finish("interrupted")
         except BaseException:
+            renderer.finish(None)  # e.g. non-finite logits: the partial line ends whole
             conv.discard_last_user()
             raise
         else:
@@ -330,7 +331,10 @@ class Repl:
 
     def info(self, text: str) -> None:
         """Output a command was asked for: stdout, plain text."""
+        from gptcli.terminal import Guard, is_terminal
+
         out = sys.stdout
+        text = Guard(is_terminal(out))(text)  # may quote the conversation: model text
         out.write(text if text.endswith("\n") else text + "\n")
         out.flush()
 

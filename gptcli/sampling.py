@@ -16,7 +16,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gptcli.errors import UsageError
+from gptcli.errors import GptcliError, UsageError
+
+
+class NonFiniteLogits(GptcliError):
+    """The model computed NaN or infinite logits: no distribution to show or draw from."""
+
+    def __init__(self, position: int | None = None):
+        where = f" at position {position}" if position is not None else ""
+        super().__init__(
+            f"the model produced non-finite logits (NaN or infinity){where}: the weights "
+            "or the backend compute garbage; try -ngl 0 (CPU only) or another quantization"
+        )
+        self.position = position
+
+
+def check_logits(logits: np.ndarray, position: int | None = None) -> None:
+    """Raise NonFiniteLogits unless every logit is a number below +inf.
+
+    One reduction, no copy: the maximum is NaN when any logit is (numpy propagates
+    NaN) and +inf when any is; the fastest reduction numpy has (SIMD, ~3x a sum). A
+    -inf logit is allowed (a probability of exactly 0, as a grammar's forbidden tokens)."""
+    if not logits.max() < math.inf:
+        raise NonFiniteLogits(position)
 
 
 @dataclass(frozen=True)
@@ -219,6 +241,7 @@ class Sampler:
         n_top: also report the n_top most likely candidates with both probabilities.
         model_probs: also report the token's log probability under the raw softmax.
         """
+        check_logits(logits, len(history) if history else None)
         p = self.params
         x = logits  # read only, unless the penalty needs a copy to change
         if p.repeat_penalty != 1.0 and p.repeat_last_n:

@@ -17,6 +17,7 @@ import numpy as np
 from gptcli.distribution import log_softmax_rows, perplexity, surprisal_bits
 from gptcli.engine import Engine
 from gptcli.errors import UsageError
+from gptcli.sampling import NonFiniteLogits
 
 # Working memory per byte of text while scoring (token ids, three float arrays,
 # Python objects for the rendering): a generous estimate, to refuse early.
@@ -124,6 +125,9 @@ def score_tokens(engine: Engine, tokens: list[int]) -> Scores:
             last = min(len(rows), len(part) - offset - 1)
             for a in range(first, last, ROWS_AT_ONCE):
                 b = min(last, a + ROWS_AT_ONCE)
+                if not rows[a:b].max() < np.inf:  # NaN propagates: one reduction
+                    bad = int(np.flatnonzero(~(rows[a:b].max(axis=1) < np.inf))[0])
+                    raise NonFiniteLogits(start + offset + a + bad + 1)
                 lp = log_softmax_rows(rows[a:b])
                 at = np.arange(start + offset + a + 1, start + offset + b + 1)
                 logprobs[at] = lp[np.arange(b - a), ids[at]]

@@ -81,9 +81,17 @@ class Run:
     stderr: str
 
 
+# One cache directory for every subprocess of a session: a model file's first-load check
+# (gptcli/loadcheck.py) runs once per file and session, not once per test.
+SESSION_CACHE = os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"gptcli-test-cache-{os.getuid()}-{os.getpid()}"
+)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTCLI_", "FORCE_COLOR"))}
     env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    env["GPTCLI_CACHE_DIR"] = SESSION_CACHE
     env.update(extra)
     return env
 

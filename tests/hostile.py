@@ -273,6 +273,7 @@ def _version(v):
 
 EPS = "llama.attention.layer_norm_rms_epsilon"
 ROPE_DIMS = "llama.rope.dimension_count"
+ROPE_BASE = "llama.rope.freq_base"
 
 HOSTILE = {
     # name: (builder, a word the one-line message must contain)
@@ -329,6 +330,12 @@ HOSTILE = {
     # Both make ggml abort on the first token (GGML_ASSERT(eps >= 0.0f)), after loading.
     "norm_epsilon_nan": (_set(EPS, T_FLOAT32, struct.pack("<f", float("nan"))), "nan"),
     "norm_epsilon_negative": (_set(EPS, T_FLOAT32, struct.pack("<f", -1e-5)), "negative"),
+    # These load in llama.cpp and compute garbage (NaN logits) instead of failing.
+    "norm_epsilon_zero": (_set(EPS, T_FLOAT32, struct.pack("<f", 0.0)), "epsilon is 0"),
+    "rope_freq_base_zero": (_set(ROPE_BASE, T_FLOAT32, struct.pack("<f", 0.0)), "freq_base is 0"),
+    "rope_freq_base_negative": (_set(ROPE_BASE, T_FLOAT32, struct.pack("<f", -1e4)), "positive"),
+    "rope_freq_base_nan": (_set(ROPE_BASE, T_FLOAT32, struct.pack("<f", float("nan"))), "nan"),
+    "rope_freq_base_inf": (_set(ROPE_BASE, T_FLOAT32, struct.pack("<f", float("inf"))), "inf"),
 }
 
 
@@ -389,3 +396,81 @@ def structure_fields(raw: bytes) -> tuple[list[tuple[int, int, str]], int]:
         fields += [(pos, 4, f"tensor {i} type"), (pos + 4, 8, f"tensor {i} offset")]
         pos += 12
     return fields, pos + (-pos % 32)
+
+
+# -- models whose output is fixed by construction --------------------------------------
+
+
+def byte_token_id(tokens: list[bytes], byte: int) -> int:
+    """The id of the byte-level token for one raw byte (GPT-2's byte-to-unicode map:
+    printable bytes stand for themselves, the others for chr(256 + n) in order)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    if byte in printable:
+        char = chr(byte)
+    else:
+        char = chr(256 + [b for b in range(256) if b not in printable].index(byte))
+    return tokens.index(char.encode())
+
+
+def write_logit_model(
+    path: Path, tokenizer, favourite: int, poisoned: int | None = None, d_model: int = 64
+) -> Path:
+    """A tiny llama GGUF whose next token is always `favourite`.
+
+    The blocks add nothing (zero attention output and FFN down weights), every token
+    embedding is the same vector of ones, and the output matrix is zero but for the
+    row of `favourite`: its logit is d_model, every other logit 0, at every position.
+    With `poisoned`, that token's embedding is NaN: the step after it is generated
+    gives NaN logits (a broken quantization, made on purpose)."""
+    import gguf
+    import numpy as np
+
+    n_vocab, d, n_ff, n_heads, n_kv = len(tokenizer.tokens), d_model, 128, 4, 2
+    head = d // n_heads
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("logit-model")
+    w.add_context_length(256)
+    w.add_embedding_length(d)
+    w.add_block_count(1)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(head)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(tokenizer.pre)
+    w.add_token_list(tokenizer.tokens)
+    w.add_token_types(tokenizer.token_types)
+    w.add_token_merges(tokenizer.merges)
+    w.add_bos_token_id(tokenizer.bos_id)
+    w.add_eos_token_id(tokenizer.eos_id)
+    w.add_add_bos_token(False)
+    embd = np.ones((n_vocab, d), dtype=np.float16)
+    if poisoned is not None:
+        embd[poisoned] = np.nan
+    out = np.zeros((n_vocab, d), dtype=np.float16)
+    out[favourite] = 1.0
+    small = np.full((d, d), 0.01, dtype=np.float16)
+    tensors = {
+        "token_embd.weight": embd,
+        "output_norm.weight": np.ones(d, dtype=np.float32),
+        "output.weight": out,
+        "blk.0.attn_norm.weight": np.ones(d, dtype=np.float32),
+        "blk.0.attn_q.weight": small,
+        "blk.0.attn_k.weight": small[: n_kv * head],
+        "blk.0.attn_v.weight": small[: n_kv * head],
+        "blk.0.attn_output.weight": np.zeros((d, d), dtype=np.float16),
+        "blk.0.ffn_norm.weight": np.ones(d, dtype=np.float32),
+        "blk.0.ffn_gate.weight": np.full((n_ff, d), 0.01, dtype=np.float16),
+        "blk.0.ffn_up.weight": np.full((n_ff, d), 0.01, dtype=np.float16),
+        "blk.0.ffn_down.weight": np.zeros((d, n_ff), dtype=np.float16),
+    }
+    for name, data in tensors.items():
+        w.add_tensor(name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

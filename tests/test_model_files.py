@@ -133,3 +133,81 @@ def test_array_element_type_recorded_for_callers(tiny_model):
     header = read_header(tiny_model)
     assert header.types["tokenizer.ggml.tokens"] == (T_ARRAY, T_STRING)
     assert header.types["general.architecture"] == (T_STRING, None)
+
+
+# -- the first load, in a child process ------------------------------------------------
+
+
+def _load_engine(path):
+    from gptcli.commands.options import load_engine
+
+    return load_engine(str(path), 64, 1, 0, False)
+
+
+@pytest.fixture
+def load_cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("GPTCLI_CACHE_DIR", str(folder))
+    monkeypatch.delenv("GPTCLI_NO_LOAD_CHECK", raising=False)
+    return folder
+
+
+def test_a_crash_in_the_first_load_is_one_line(gptcli, tiny_model, tmp_path, load_cache):
+    # No file known today passes the header check and still aborts llama.cpp (each one
+    # found was added to the check), so the child is handed a real one that does:
+    # llama.cpp's own loader on duplicate_token.gguf dies by SIGABRT.
+    from gptcli import loadcheck
+
+    aborts = write_hostile("duplicate_token", tiny_model, tmp_path)
+    child = [sys.executable, "-c", _RAW_LOAD, str(aborts)]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(loadcheck, "child_command", lambda path, ngl: child)
+    try:
+        with pytest.raises(GptcliError) as e:
+            loadcheck.check_first_load(tiny_model)
+    finally:
+        mp.undo()
+    message = e.value.message
+    assert e.value.exit_code == 1 and "\n" not in message
+    assert f"llama.cpp crashed loading {tiny_model} (SIGABRT" in message
+    assert not loadcheck.is_known(tiny_model)  # a crash is never remembered
+
+
+def test_a_clean_first_load_is_remembered(tiny_model_factory, load_cache):
+    import time
+
+    from gptcli import loadcheck
+
+    path = tiny_model_factory("remembered", seed=3)
+    assert not loadcheck.is_known(path)
+    t0 = time.perf_counter()
+    _load_engine(path).close()
+    first = time.perf_counter() - t0
+    assert loadcheck.is_known(path)
+    entries = __import__("json").loads((load_cache / loadcheck.CACHE_NAME).read_text())
+    assert entries == [loadcheck.identity(path)]
+    # The second load starts no child: make starting one fail loudly.
+    mp = pytest.MonkeyPatch()
+    mp.setattr(loadcheck, "child_command", lambda path, ngl: ["false-no-such-binary"])
+    try:
+        t0 = time.perf_counter()
+        _load_engine(path).close()
+        second = time.perf_counter() - t0
+    finally:
+        mp.undo()
+    print(f"first load with the check {first:.3f} s, later loads {second:.3f} s")
+
+
+def test_a_changed_file_is_checked_again(tiny_model_factory, load_cache):
+    import os
+
+    from gptcli import loadcheck
+
+    path = tiny_model_factory("changed", seed=4)
+    loadcheck.check_first_load(path)
+    assert loadcheck.is_known(path)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert not loadcheck.is_known(path)
+    loadcheck.check_first_load(path)
+    assert loadcheck.is_known(path)

@@ -42,6 +42,8 @@ codecs.register_error("gptcli-hexbytes", _hex_bytes)
 
 def visible(piece: bytes) -> str:
     """A token's bytes as text with whitespace and partial UTF-8 made visible."""
+    from gptcli.terminal import needs_escaping
+
     text = piece.decode("utf-8", errors="gptcli-hexbytes")
     out = []
     for ch in text:
@@ -49,6 +51,8 @@ def visible(piece: bytes) -> str:
             out.append(_VISIBLE[ch])
         elif ord(ch) < 32 or ord(ch) == 127:
             out.append(f"<0x{ord(ch):02X}>")
+        elif needs_escaping(ch, token_view=True):  # C1 and bidi overrides (terminal.py)
+            out.append(f"<U+{ord(ch):04X}>")
         else:
             out.append(ch)
     return "".join(out)
@@ -133,8 +137,10 @@ def _print_anatomy(a: Anatomy) -> None:
         head = Table.grid(padding=(0, 2))
         head.add_column(style="bold")
         head.add_column()
+        from gptcli.terminal import safe
+
         for key, value in facts:
-            head.add_row(key, Text(value))
+            head.add_row(key, Text(safe(value)))  # the name comes from the file
         console.print(head)
         table = Table(title="parameters by matrix kind", title_justify="left")
         table.add_column("matrix")

@@ -115,11 +115,13 @@ def _table(title: str, columns: list[str], rows: list[list[str]], empty: str) ->
         return
     from rich.table import Table
 
+    from gptcli.terminal import safe
+
     table = Table(title=title, title_justify="left", box=None, header_style="bold")
     for c in columns:
         table.add_column(c, overflow="fold", justify="right" if c in ("SIZE", "PARAMS") else "left")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(safe(c) for c in row))  # names from headers and the hub
     console.print(table, markup=False)
 
 

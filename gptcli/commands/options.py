@@ -114,9 +114,15 @@ def load_engine(
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     ref = models.resolve(model)
+    from gptcli.gguf_check import read_header
+    from gptcli.loadcheck import check_first_load
+
+    header = read_header(ref.path)  # a refused file is refused before any child starts
+    check_first_load(ref.path, gpu_layers)  # an abort in llama.cpp ends a child, not us
     return Engine(
         ref.path,
         EngineOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose),
+        header=header,
     )
 
 
