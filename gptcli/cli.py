@@ -180,6 +180,7 @@ COMMAND_MODULES = (
     "probs",
     "anatomy",
     "chat",
+    "inside",
     "explore",
 )
 

@@ -42,6 +42,7 @@ class EngineOptions:
 
 
 _log_callback = None  # keep the ctypes callback alive for the process
+_verbose = False  # what set_verbose last chose (a grammar's parse restores it)
 
 
 def _llama():
@@ -62,6 +63,8 @@ def _llama():
 
 def set_verbose(verbose: bool) -> None:
     """Let llama.cpp's own log through to stderr (`--verbose`), or silence it."""
+    global _verbose
+    _verbose = verbose
     llama_cpp = _llama()
     if verbose:
         llama_cpp.llama_log_set(None, ctypes.c_void_p(0))  # llama.cpp's default: stderr
@@ -110,6 +113,9 @@ class Engine:
             n_gpu = -1 if llama_cpp.llama_supports_gpu_offload() else 0
         mparams.n_gpu_layers = n_gpu
         mparams.vocab_only = options.vocab_only
+        # The AMX weight buffers that -march=native builds add on Sapphire Rapids die with
+        # SIGILL (tilezero) where the sandbox or kernel does not grant AMX: plain CPU buffers.
+        mparams.use_extra_bufts = False
         try:
             self._model = LlamaModel(
                 path_model=str(self.path), params=mparams, verbose=options.verbose
@@ -324,6 +330,10 @@ class Engine:
             ptr = self._lib.llama_get_logits(self._ctx.ctx)
             yield start, np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab))
 
+    def capture(self, tokens: Sequence[int], wanted, keep=None) -> Captured:
+        """Copies of llama.cpp's intermediate tensors for `tokens` (see `_capture`)."""
+        return _capture(self, tokens, wanted, keep)
+
     def reset(self) -> None:
         self.forget_from(0)
 
@@ -349,6 +359,169 @@ class ContextFull(GptcliError):
             "(raise --ctx or shorten the input)"
         )
         self.needed, self.n_ctx = needed, n_ctx
+
+
+# -- inside the forward pass -------------------------------------------------------
+# llama.cpp hands every node of its graph to an eval callback. A capture runs in a
+# side context of its own (flash attention off, so the attention weights exist as a
+# tensor; every position's logits requested, so the last layer keeps every row), which
+# is why generation in the main context pays nothing for it.
+
+
+class _TensorHead(ctypes.Structure):
+    """The leading fields of ggml's `struct ggml_tensor` (stable since 2023)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+    ]
+
+
+_GGML_F32, _GGML_F16 = 0, 1
+_ggml = None
+
+
+def _ggml_base():
+    """libggml-base, loaded from beside libllama, for a tensor's name and bytes."""
+    global _ggml
+    if _ggml is None:
+        import llama_cpp
+
+        folder = Path(llama_cpp.__file__).parent / "lib"
+        candidates = sorted(folder.glob("libggml-base.*")) + sorted(folder.glob("ggml-base.*"))
+        if not candidates:
+            raise GptcliError(f"libggml-base is missing from {folder}: cannot read tensors")
+        lib = ctypes.CDLL(str(candidates[0]))
+        lib.ggml_get_name.restype = ctypes.c_char_p
+        lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+        lib.ggml_nbytes.restype = ctypes.c_size_t
+        lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_tensor_get.restype = None
+        lib.ggml_backend_tensor_get.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_size_t,
+        ]
+        _ggml = lib
+    return _ggml
+
+
+@dataclass
+class Captured:
+    """What one capture pass saw: tensors by name, and the logits of every position.
+
+    Activations are (tokens, width) arrays; attention weights (heads, queries, keys)
+    with keys cut to the tokens evaluated."""
+
+    tokens: list[int]
+    tensors: dict[str, np.ndarray]
+    logits: np.ndarray  # (tokens, vocabulary)
+
+
+def _tensor_array(lib, t: int) -> np.ndarray | None:
+    """A copy of a computed tensor as a numpy array in row-major order, or None when
+    its element type is not a float type we read."""
+    head = _TensorHead.from_address(t)
+    if head.type not in (_GGML_F32, _GGML_F16):
+        return None
+    dtype = np.float32 if head.type == _GGML_F32 else np.float16
+    shape = tuple(int(n) for n in reversed(head.ne))  # ggml: fastest dimension first
+    size = int(lib.ggml_nbytes(t))
+    out = np.empty(shape, dtype=dtype)
+    if out.nbytes != size:  # a non-contiguous view: not something we can copy plainly
+        return None
+    lib.ggml_backend_tensor_get(t, out.ctypes.data, 0, size)
+    return out.astype(np.float32, copy=False)
+
+
+def _stitch(name: str, parts: list[np.ndarray], n_tokens: int) -> np.ndarray:
+    """Join what each ubatch produced into one array over all positions."""
+    if name.startswith("kq_soft_max"):  # attention: (streams, heads, queries, keys)
+        rows = []
+        for p in parts:
+            p = p.reshape(-1, *p.shape[-2:])[:, :, :n_tokens]
+            if p.shape[2] < n_tokens:  # an early ubatch saw fewer keys: the rest are 0
+                p = np.pad(p, ((0, 0), (0, 0), (0, n_tokens - p.shape[2])))
+            rows.append(p)
+        return np.concatenate(rows, axis=1)
+    flat = [p.reshape(-1, p.shape[-1]) for p in parts]  # activations: (tokens, width)
+    return np.concatenate(flat, axis=0)
+
+
+def _capture(self: Engine, tokens: Sequence[int], wanted, keep=None) -> Captured:
+    """Evaluate `tokens` from an empty context of their own and return copies of the
+    graph tensors whose names `wanted(name)` accepts.
+
+    keep(name, array) may shrink each copy as it arrives (for example to the last
+    query's attention row), so long prompts do not hold every matrix."""
+    lib = _ggml_base()
+    llama_cpp = self._lib
+    tokens = list(tokens)
+    n = len(tokens)
+    if n == 0:
+        raise UsageError("nothing to evaluate: the prompt is empty")
+    if n > self.n_ctx:
+        raise ContextFull(n, self.n_ctx)
+    parts: dict[str, list[np.ndarray]] = {}
+
+    def on_tensor(t, ask, user_data):
+        name = lib.ggml_get_name(t)
+        name = name.decode("utf-8", "replace") if name else ""
+        if ask:
+            return bool(wanted(name))
+        arr = _tensor_array(lib, t)
+        if arr is not None:
+            if keep is not None:
+                arr = keep(name, arr)
+            parts.setdefault(name, []).append(arr)
+        return True  # False would stop the computation
+
+    callback = llama_cpp.ggml_backend_sched_eval_callback(on_tensor)
+    from llama_cpp._internals import LlamaBatch, LlamaContext
+
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx = max(256, -(-n // 256) * 256)
+    cparams.n_batch = cparams.n_ctx
+    cparams.n_ubatch = min(512, cparams.n_ctx)
+    cparams.n_threads = cparams.n_threads_batch = self.n_threads
+    cparams.n_seq_max = 1
+    if hasattr(cparams, "flash_attn_type"):
+        cparams.flash_attn_type = 0  # disabled: the softmax must exist as a tensor
+    else:
+        cparams.flash_attn = False
+    cparams.cb_eval = callback
+    cparams.cb_eval_user_data = None
+    try:
+        side = LlamaContext(model=self._model, params=cparams, verbose=False)
+    except (ValueError, RuntimeError):
+        raise GptcliError(
+            f"llama.cpp could not create a capture context of {n} tokens (out of memory?)"
+        ) from None
+    batch = LlamaBatch(n_tokens=n, embd=0, n_seq_max=1)
+    try:
+        b = batch.batch
+        for i, tok in enumerate(tokens):
+            b.token[i] = tok
+            b.pos[i] = i
+            b.seq_id[i][0] = 0
+            b.n_seq_id[i] = 1
+            b.logits[i] = True
+        b.n_tokens = n
+        rc = llama_cpp.llama_decode(side.ctx, b)
+        if rc != 0:
+            raise GptcliError(f"llama.cpp failed to evaluate the tokens (llama_decode {rc})")
+        ptr = llama_cpp.llama_get_logits(side.ctx)
+        logits = np.array(np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab)), copy=True)
+    finally:
+        batch.close()
+        side.close()
+        del callback  # referenced until llama.cpp can no longer call it
+    tensors = {name: _stitch(name, p, n) for name, p in parts.items()}
+    return Captured(tokens, tensors, logits)
+
 
 
 class BatchedEngine:
@@ -455,3 +628,161 @@ class BatchedEngine:
             obj = getattr(self, part, None)
             if obj is not None:
                 obj.close()
+
+
+# -- grammars: llama.cpp's grammar sampler ------------------------------------------
+# The numpy sampler draws; a grammar only says which tokens may come next. Checking one
+# drawn token costs one small call; the whole vocabulary is masked only when the drawn
+# token is refused (as llama.cpp's common sampler does).
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+def _grammar_parse_error(captured: str) -> str:
+    """llama.cpp's own reason from what it wrote while parsing, made one short line."""
+    for line in captured.splitlines():
+        for marker in ("error parsing grammar: ", "invalid grammar: ", "unsupported grammar, "):
+            if marker in line:
+                reason = line.split(marker, 1)[1].strip()
+                if " at " in reason:  # "expecting name at <the rest of the grammar>"
+                    head, rest = reason.split(" at ", 1)
+                    reason = f"{head} at {rest[:30]!r}"
+                return reason[:160]
+        if "does not contain" in line:
+            return line.strip()[:160]
+    return "llama.cpp refused it"
+
+
+def _run_capturing_stderr(fn):
+    """fn() with file descriptor 2 and llama.cpp's log captured: the grammar parser
+    reports with fprintf(stderr), the rest through the log callback."""
+    import tempfile
+
+    llama_cpp = _llama()
+    logged: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def _keep(level, text, user_data):
+        logged.append(text.decode("utf-8", errors="replace") if text else "")
+
+    llama_cpp.llama_log_set(_keep, ctypes.c_void_p(0))
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        try:
+            os.dup2(tmp.fileno(), 2)
+            result = fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            set_verbose(_verbose)
+        tmp.seek(0)
+        text = tmp.read(64_000).decode("utf-8", errors="replace")
+    return result, text + "".join(logged)
+
+
+class Grammar:
+    """A GBNF grammar over an engine's vocabulary: which tokens may come next, and its
+    state after each accepted token. Raises UsageError when the grammar does not parse
+    or when no token can start it."""
+
+    def __init__(self, engine: Engine, gbnf: str, root: str = "root"):
+        llama_cpp = engine._lib
+        self._lib = llama_cpp
+        self.engine = engine
+        self.gbnf = gbnf
+        try:
+            data = gbnf.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("the grammar is not valid UTF-8") from None
+        if b"\0" in data:
+            raise UsageError("the grammar contains a NUL byte")
+        smpl, log = _run_capturing_stderr(
+            lambda: llama_cpp.llama_sampler_init_grammar(engine._vocab, data, root.encode())
+        )
+        if not smpl:
+            raise UsageError(f"the grammar does not parse: {_grammar_parse_error(log)}")
+        self._smpl = smpl
+        n = engine.n_vocab
+        self.n_vocab = n
+        self._one = np.zeros(1, dtype=_TOKEN_DATA)
+        self._one_arr = self._array(self._one)
+        self._all = np.zeros(n, dtype=_TOKEN_DATA)
+        self._all["id"] = np.arange(n, dtype=np.int32)
+        self._all_arr = self._array(self._all)
+        if not any(not engine.is_eog(int(t)) for t in self.allowed_ids()):
+            self.close()
+            raise UsageError("the grammar matches no text: no token can start it")
+
+    def _eog_candidates(self) -> list[int]:
+        ids = {self.engine.eos_id}
+        eot = int(self._lib.llama_vocab_eot(self.engine._vocab))
+        if eot >= 0:
+            ids.add(eot)
+        return sorted(t for t in ids if 0 <= t < self.n_vocab)
+
+    def _array(self, buf: np.ndarray):
+        lib = self._lib
+        ptr = buf.ctypes.data_as(lib.llama_token_data_p)
+        return lib.llama_token_data_array(ptr, len(buf), -1, False)
+
+    def _apply(self, arr) -> None:
+        self._lib.llama_sampler_apply(self._smpl, ctypes.byref(arr))
+
+    def allows(self, token: int) -> bool:
+        """May `token` come next?"""
+        one = self._one
+        one["id"][0] = token
+        one["logit"][0] = 0.0
+        self._apply(self._one_arr)
+        return bool(np.isfinite(one["logit"][0]))
+
+    def allowed_among(self, ids: np.ndarray) -> np.ndarray:
+        """For each id in `ids`, whether it may come next (one call for all of them)."""
+        buf = np.zeros(len(ids), dtype=_TOKEN_DATA)
+        buf["id"] = ids
+        self._apply(self._array(buf))
+        return np.isfinite(buf["logit"])
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        """A copy of the whole vocabulary's logits with forbidden tokens at -inf."""
+        arr, buf = self._all_arr, self._all
+        buf["logit"] = logits
+        arr.size, arr.selected, arr.sorted = self.n_vocab, -1, False
+        self._apply(arr)
+        return buf["logit"].copy()
+
+    def allowed_ids(self) -> np.ndarray:
+        """Every token that may come next."""
+        return np.flatnonzero(np.isfinite(self.mask(np.zeros(self.n_vocab, dtype=np.float32))))
+
+    def is_complete(self) -> bool:
+        """Is the text so far a whole document (may generation end here)?"""
+        return any(self.allows(t) for t in self._eog_candidates())
+
+    def accept(self, token: int) -> None:
+        """Advance past `token`, which must be allowed (llama.cpp aborts otherwise)."""
+        if not self.allows(token):
+            raise GptcliError(f"token {token} is not allowed by the grammar here")
+        self._lib.llama_sampler_accept(self._smpl, token)
+
+    def reset(self) -> None:
+        """Back to the start of the grammar."""
+        self._lib.llama_sampler_reset(self._smpl)
+
+    def close(self) -> None:
+        smpl, self._smpl = getattr(self, "_smpl", None), None
+        if smpl:
+            self._lib.llama_sampler_free(smpl)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the library may be gone already
+            pass
+
+
+def json_schema_to_gbnf(schema_text: str) -> str:
+    """llama-cpp-python's JSON Schema converter (raises what the converter raises)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
+
+    return convert(schema_text)
