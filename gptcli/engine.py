@@ -644,8 +644,10 @@ def _grammar_parse_error(captured: str) -> str:
         for marker in ("error parsing grammar: ", "invalid grammar: ", "unsupported grammar, "):
             if marker in line:
                 reason = line.split(marker, 1)[1].strip()
-                if " at " in reason:  # "expecting name at <the rest of the grammar>"
-                    head, rest = reason.split(" at ", 1)
+                if marker.startswith("error") and reason.endswith(" at"):
+                    reason += " the end of the grammar"  # the rest of it was empty
+                elif marker.startswith("error") and " at " in reason:
+                    head, rest = reason.split(" at ", 1)  # "at <the rest of the grammar>"
                     reason = f"{head} at {rest[:30]!r}"
                 return reason[:160]
         if "does not contain" in line:

@@ -9,12 +9,25 @@ released once it is whole).
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from gptcli.engine import Engine
-from gptcli.sampling import Draw, Sampler
+from gptcli.errors import GptcliError
+from gptcli.sampling import Alternative, Draw, Sampler, logsumexp
+
+
+@dataclass(frozen=True)
+class Forced:
+    """A grammar refused the token the model drew first: which, and how likely it was."""
+
+    wanted: int
+    wanted_prob: float  # under the distribution drawn from before the mask
 
 
 @dataclass(frozen=True)
@@ -23,7 +36,8 @@ class TokenEvent:
     id: int
     piece: bytes  # the token's exact bytes
     text: str  # text released for printing at this step (may be "")
-    draw: Draw  # the distribution the token was drawn from
+    draw: Draw  # the distribution the token was drawn from (after a grammar's mask)
+    forced: Forced | None = None  # set when a grammar refused the model's own draw
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,7 @@ class Finish:
     timings: Timings
     text: str = ""  # text still held back at the end, to print last
     stop: str | None = None  # the stop string that ended it
+    complete: bool | None = None  # under a grammar: is the document whole? (None: no grammar)
 
     def generation_tps(self) -> float:
         s = self.timings.generation_s
@@ -78,6 +93,7 @@ class Generation:
     n_top: int = 0  # alternatives to report per token
     model_probs: bool = False
     tokens: list[int] = field(default_factory=list)  # generated so far
+    grammar: object | None = None  # engine.Grammar: the output must match it
 
     def __post_init__(self) -> None:
         self._t0 = self._t_prompt = self._t_first = None
@@ -96,6 +112,13 @@ class Generation:
         index = 0
         while True:
             draw = sampler.sample(logits, history, n_top=self.n_top, model_probs=self.model_probs)
+            forced = None
+            if self.grammar is not None:
+                draw, forced = self._constrain(draw, logits, history)
+                if draw is None:  # the document is complete and the model wants to go on
+                    yield self.finish("stop", pending + decoder.decode(b"", final=True))
+                    return
+                self.grammar.accept(draw.token)
             tok = draw.token
             if engine.is_eog(tok):
                 yield self.finish("stop", pending + decoder.decode(b"", final=True))
@@ -112,12 +135,12 @@ class Generation:
                 if found:
                     hit = min(found)
             if hit is not None:
-                yield TokenEvent(index, tok, piece, pending[: hit[0]], draw)
+                yield TokenEvent(index, tok, piece, pending[: hit[0]], draw, forced)
                 yield self.finish("stop", "", stop=hit[1])
                 return
             keep = _held_back(pending, stops) if stops else 0
             release, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
-            yield TokenEvent(index, tok, piece, release, draw)
+            yield TokenEvent(index, tok, piece, release, draw, forced)
             index += 1
             if self.max_tokens is not None and index >= self.max_tokens:
                 yield self.finish("length", pending + decoder.decode(b"", final=True))
@@ -126,6 +149,23 @@ class Generation:
                 yield self.finish("context", pending + decoder.decode(b"", final=True))
                 return
             logits = engine.step(tok)
+
+    def _constrain(self, draw: Draw, logits, history) -> tuple[Draw | None, Forced | None]:
+        """The draw under the grammar: kept when allowed (its distribution renormalised
+        over the allowed candidates), else redrawn from the masked vocabulary. None when
+        the grammar is complete and the model drew something past its end."""
+        grammar = self.grammar
+        if grammar.allows(draw.token):
+            return _restricted(draw, grammar.allowed_among(draw.ids)), None
+        if grammar.is_complete():
+            return None, None
+        masked = grammar.mask(logits)
+        if not np.isfinite(masked).any():
+            raise GptcliError("the grammar allows no token here (the vocabulary cannot spell it)")
+        again = self.sampler.sample(masked, history, n_top=self.n_top, model_probs=self.model_probs)
+        if self.model_probs or self.n_top:
+            again = _unmasked_model_probs(again, logits)
+        return again, Forced(draw.token, draw.prob)
 
     def finish(self, reason: str, text: str = "", stop: str | None = None) -> Finish:
         """The summary so far; also for a caller that stopped early (Ctrl-C)."""
@@ -139,4 +179,38 @@ class Generation:
             generation_s=now - t_prompt,
             prompt_tokens_evaluated=self._evaluated,
         )
-        return Finish(reason, len(self.prompt), len(self.tokens), timings, text, stop)
+        complete = None if self.grammar is None else self.grammar.is_complete()
+        return Finish(reason, len(self.prompt), len(self.tokens), timings, text, stop, complete)
+
+
+def _restricted(draw: Draw, allowed: np.ndarray) -> Draw:
+    """The draw's distribution with the forbidden candidates removed, renormalised: what
+    the token was drawn from in effect (a first draw kept when allowed, a redraw from
+    the masked distribution otherwise, gives each allowed token exactly this chance)."""
+    if allowed.all():
+        return draw
+    probs = draw.probs * allowed
+    total = probs.sum()
+    keep = np.flatnonzero(allowed)
+    probs = probs[keep] / total
+    ids = draw.ids[keep]
+
+    def prob_of(token: int) -> float | None:
+        at = np.flatnonzero(ids == token)
+        return float(probs[at[0]]) if at.size else None
+
+    top = tuple(dataclasses.replace(a, logprob=_log(prob_of(a.id))) for a in draw.top)
+    prob = prob_of(draw.token) or 0.0
+    return dataclasses.replace(draw, prob=prob, ids=ids, probs=probs, top=top)
+
+
+def _log(q: float | None) -> float | None:
+    return math.log(q) if q else None
+
+
+def _unmasked_model_probs(draw: Draw, logits: np.ndarray) -> Draw:
+    """model_logprob stays the model's own (the raw softmax, no mask) after a redraw."""
+    lse = logsumexp(logits)
+    top = tuple(Alternative(a.id, float(logits[a.id]) - lse, a.logprob) for a in draw.top)
+    model_lp = float(logits[draw.token]) - lse if draw.model_logprob is not None else None
+    return dataclasses.replace(draw, model_logprob=model_lp, top=top)

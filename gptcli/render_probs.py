@@ -175,6 +175,7 @@ class ProbsRenderer:
         self._painter = _Painter(shows_colour() if colour is None else colour)
         self._guard = Guard.for_stream(self.out, self._painter.colour)
         self._held: list[float] = []  # probabilities of tokens whose text is not out yet
+        self._marks: list[str] = []  # forced-token marks waiting for their text
         self._last = ""
         self._texts: dict[int, str] = {}
 
@@ -203,17 +204,30 @@ class ProbsRenderer:
             self._texts[token] = text
         return text
 
+    def forced_mark(self, event: TokenEvent) -> str:
+        """`⟨wanted \\n 0.41⟩`: a grammar refused the model's own draw here."""
+        forced = event.forced
+        name = self._text(forced.wanted) if self._piece else f"#{forced.wanted}"
+        return f"⟨wanted {name} {fmt_prob(forced.wanted_prob)}⟩"
+
     def token(self, event: TokenEvent) -> None:
         p = self.prob(event.draw)
         if self.alternatives:
             self._line(event, p)
             return
+        if getattr(event, "forced", None) is not None:
+            self._marks.append(self.forced_mark(event))
         if not event.text:  # an unfinished character (or held back for a stop string)
             self._held.append(p)
             return
         probs = [*self._held, p]
         self._held.clear()
-        self.out.write(self._painter.paint(self._guard(event.text), probs))
+        shown = self._painter.paint(self._guard(event.text), probs)
+        if self._marks:  # forced tokens: the model's own choice after the text they made
+            body = shown.rstrip("\n")
+            shown = body + self._painter.faint("".join(self._marks)) + shown[len(body) :]
+            self._marks.clear()
+        self.out.write(shown)
         self.out.flush()
         self._last = event.text
 
@@ -236,6 +250,8 @@ class ProbsRenderer:
         mark = f"#{rank}" if rank and rank > 1 else ""
         cells.append(paint.faint(f" {mark:>3} │ "))
         cells.append(paint.faint("  ").join(others))
+        if getattr(event, "forced", None) is not None:
+            cells.append(paint.faint("  forced " + self.forced_mark(event)))
         self.out.write("".join(cells) + "\n")
         self.out.flush()
         self._last = "\n"
@@ -252,6 +268,9 @@ class ProbsRenderer:
             self.out.write(self._painter.paint(self._guard(finish.text), probs))
             self._held.clear()
             self._last = finish.text
+        if self._marks:
+            self.out.write(self._painter.faint("".join(self._marks)))
+            self._marks.clear()
         if self._last and not self._last.endswith("\n"):
             self.out.write("\n")
         self.out.flush()
@@ -304,6 +323,12 @@ class JsonRenderer:
         return obj
 
     def token(self, event: TokenEvent) -> None:
+        obj = self.token_dict(event)
+        self.out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
+        self.out.flush()
+
+    def token_dict(self, event: TokenEvent) -> dict:
+        """The object written for one token (--each-line --json gathers them per line)."""
         d = event.draw
         obj = token_object(event.id, event.piece)
         obj["logprob"] = _lp(d.logprob)
@@ -312,8 +337,13 @@ class JsonRenderer:
             {**self._top(a.id), "logprob": _lp(a.logprob), "model_logprob": _lp(a.model_logprob)}
             for a in d.top
         ]
-        self.out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
-        self.out.flush()
+        forced = getattr(event, "forced", None)
+        if forced is not None:  # a grammar refused the model's own draw
+            obj["forced"] = {
+                "wanted": self._top(forced.wanted),
+                "wanted_prob": forced.wanted_prob,
+            }
+        return obj
 
     def finish(self, finish: Finish | None) -> None:
         if finish is None:
@@ -476,23 +506,67 @@ class NextJsonWriter:
         self.out = out or sys.stdout
         self.piece = piece
 
-    def step(self, step: int, position: int, dist) -> None:
+    def step(self, step: int, position: int, dist, masked=None) -> None:
         obj = {
             "step": step,
             "position": position,
             "temperatures": list(dist.temperatures),
             "entropy_bits": list(dist.entropy_bits),
-            "top": [
-                {
-                    **token_object(c.id, self.piece(c.id)),
-                    "logprob": c.logprob,
-                    "probs": list(c.probs),
-                    "cumulative": list(c.cumulative),
-                }
-                for c in dist.candidates
-            ],
+            "top": self._top(dist),
         }
+        if masked is not None:  # under a grammar: the distribution after its mask
+            obj["masked"] = {"entropy_bits": list(masked.entropy_bits), "top": self._top(masked)}
         self.out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
+        self.out.flush()
+
+    def _top(self, dist) -> list[dict]:
+        return [
+            {
+                **token_object(c.id, self.piece(c.id)),
+                "logprob": c.logprob,
+                "probs": list(c.probs),
+                "cumulative": list(c.cumulative),
+            }
+            for c in dist.candidates
+        ]
+
+
+class NextMaskedChart:
+    """`next` under a grammar: the model's own top candidates and those of the masked
+    distribution side by side (first temperature), so what the format bends shows."""
+
+    def __init__(self, piece: Callable[[int], bytes], out: TextIO | None = None):
+        self.out = out or sys.stdout
+        self.piece = piece
+        self._painter = _Painter(shows_colour())
+
+    def _cells(self, c, w: int) -> str:
+        if c is None:
+            return " " * (w + 18)
+        q = c.probs[0]
+        name = _pad(visible(token_text(self.piece(c.id))), w)
+        return f"{self._painter.style(name, q)} {q:6.4f} {self._painter.style(bar(q, 10), q)}"
+
+    def step(self, step: int, position: int, dist, masked) -> None:
+        p = self._painter
+        rows = max(len(dist.candidates), len(masked.candidates))
+        w = 14
+        t = _fmt_t(dist.temperatures[0])
+        lines = [""] if step else []
+        lines.append(p.faint(f"step {step + 1}: after {position} tokens · T={t}"))
+        lines.append(
+            p.faint(f"{'#':>3}  {_pad('model', w + 18)}  │ {'under the grammar':<{w + 18}}")
+        )
+        allowed = {c.id for c in masked.candidates}
+        for i in range(rows):
+            left = dist.candidates[i] if i < len(dist.candidates) else None
+            right = masked.candidates[i] if i < len(masked.candidates) else None
+            mark = "✗" if left is not None and left.id not in allowed else " "
+            lines.append(
+                f"{i + 1:>3}  {self._cells(left, w)} {p.faint(mark)}│ {self._cells(right, w)}"
+            )
+        lines.append(p.faint("     ✗: forbidden by the grammar"))
+        self.out.write("\n".join(line.rstrip() for line in lines) + "\n")
         self.out.flush()
 
 
@@ -579,3 +653,22 @@ def score_json(scores, piece: Callable[[int], bytes], worst: int, out: TextIO | 
     }
     write(json_safe(json.dumps(summary, ensure_ascii=False)) + "\n")
     out.flush()
+
+
+def write_lines_json(
+    results, piece: Callable[[int], bytes], n_top: int, out: TextIO | None = None
+) -> None:
+    """--each-line --json (or --probs): one object per input line, in order: `line`
+    (1-based), `text`, `tokens` (each as one `generate --json` line), then the line's
+    finish_reason, usage and timings, or its `error`."""
+    out = out or sys.stdout
+    tokens = JsonRenderer(piece, out=out, n_top=n_top)
+    for r in results:  # batching.LineResult
+        listed = [tokens.token_dict(e) for e in r.events]
+        obj = {"line": r.index + 1, "text": r.text, "tokens": listed}
+        if r.error is not None:
+            obj["error"] = r.error
+        elif r.finish is not None:
+            obj.update(finish_object(r.finish))
+        out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
+        out.flush()

@@ -152,3 +152,34 @@ def read_input(prompt: str | None, *, required: bool = True) -> str:
     if required and not (text or "").strip():
         raise UsageError("empty prompt: give PROMPT or pipe text on stdin")
     return text or ""
+
+
+# -- structured output ---------------------------------------------------------------
+JsonSchemaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--json-schema",
+        metavar="FILE|JSON",
+        help="The output is one JSON document valid under this JSON Schema (a file, or "
+        "inline JSON starting with `{`).",
+    ),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", metavar="json", help="json: the output is one JSON value."),
+]
+GrammarOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--grammar", metavar="FILE", help="The output matches this GBNF grammar (llama.cpp's)."
+    ),
+]
+
+
+def constraint_from(json_schema: str | None, output_format: str | None, grammar: str | None):
+    """The constraints.Constraint that --json-schema, --format, --grammar ask for, or None."""
+    if json_schema is None and output_format is None and grammar is None:
+        return None  # nothing imported: the common case stays as fast as before
+    from gptcli.constraints import from_options
+
+    return from_options(json_schema, output_format, grammar)
