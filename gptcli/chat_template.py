@@ -2,7 +2,8 @@
 
 The template comes from the GGUF file. It is rendered by jinja2's
 ImmutableSandboxedEnvironment (no access to Python internals, no mutation of
-our objects), with bounds on output size, render time and repetition sizes.
+our objects), with bounds on output size, repetition sizes and render time; the time
+bound is checked inside every loop and call, so work that writes nothing is bounded too.
 """
 
 from __future__ import annotations
@@ -63,14 +64,48 @@ def render_plain(messages: list[dict], add_generation_prompt: bool = True) -> st
     return "".join(parts)
 
 
-def _environment():
+def _environment(deadline: float):
+    from jinja2 import nodes
     from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    def check_time() -> None:
+        if time.monotonic() > deadline:
+            raise TemplateError("the model's chat template took too long to render; refused")
+
+    def guarded(iterable):
+        # Every loop iteration checks the deadline: loops that write nothing cost time too.
+        for item in iterable:
+            check_time()
+            yield item
+
     class _Env(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset(["*", "**"])
+        gptcli_guard = staticmethod(guarded)
+
+        def _parse(self, source, name, filename):
+            # Wrap every `for` loop's iterable in guarded(); an environment attribute, so a
+            # template cannot shadow it with a variable of its own.
+            tree = super()._parse(source, name, filename)
+            for loop in tree.find_all(nodes.For):
+                guard = nodes.EnvironmentAttribute("gptcli_guard")
+                loop.iter = nodes.Call(guard, [loop.iter], [], None, None, lineno=loop.lineno)
+            return tree
+
+        def call(self, __context, __obj, *args, **kwargs):
+            check_time()  # macros and functions called in a loop, recursion with fan-out
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def getattr(self, obj, attribute):
+            check_time()
+            return super().getattr(obj, attribute)
+
+        def getitem(self, obj, argument):
+            check_time()
+            return super().getitem(obj, argument)
 
         def call_binop(self, context, operator, left, right):
+            check_time()
             if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
                 raise SecurityError("exponent too large in chat template")
             if operator == "*":
@@ -106,10 +141,10 @@ def render_template(
     from jinja2.exceptions import SecurityError
 
     try:
-        compiled = _environment().from_string(template)
+        deadline = time.monotonic() + MAX_SECONDS
+        compiled = _environment(deadline).from_string(template)
         out: list[str] = []
         size = 0
-        deadline = time.monotonic() + MAX_SECONDS
         for chunk in compiled.generate(
             messages=messages,
             bos_token=bos_token,
@@ -120,8 +155,6 @@ def render_template(
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
                 raise TemplateError("the model's chat template produced too much output; refused")
-            if time.monotonic() > deadline:
-                raise TemplateError("the model's chat template took too long to render; refused")
         return "".join(out)
     except TemplateError:
         raise
@@ -132,6 +165,9 @@ def render_template(
         ) from None
     except JinjaError as e:
         raise TemplateError(f"the model's chat template is invalid: {e}") from None
+    except OverflowError as e:
+        # jinja's sandbox refuses range() over MAX_RANGE items with OverflowError.
+        raise TemplateError(f"the model's chat template asked for too much: {e}") from None
     except RecursionError:
         raise TemplateError("the model's chat template recursed too deeply; refused") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as e:

@@ -290,3 +290,111 @@ def test_resume_of_a_missing_file_is_one_line(gptcli, tiny_model, tmp_path):
     r = gptcli("chat", "-m", str(tiny_model), "--resume", str(tmp_path / "nope.json"))
     assert r.returncode == 1
     assert "no such transcript" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# -- slash commands, piped (each checks the state it changes, not just the exit code) ------
+
+
+def saved_chat(gptcli, tiny_model, tmp_path, lines: list[str], *args: str):
+    out = tmp_path / "t.json"
+    text = "\n".join([*lines, f"/save {out}"]) + "\n"
+    r = gptcli("chat", "-m", str(tiny_model), "-n", "4", *args, input=text)
+    return r, json.loads(out.read_text()) if out.exists() else None
+
+
+def test_undo_drops_the_last_exchange_and_refuses_on_an_empty_chat(gptcli, tiny_model, tmp_path):
+    r, saved = saved_chat(gptcli, tiny_model, tmp_path, ["one", "two", "/undo", "three"])
+    assert r.returncode == 0, r.stderr
+    assert "dropped the last exchange" in r.stderr
+    assert [m["content"] for m in saved["messages"] if m["role"] == "user"] == ["one", "three"]
+    assert [m["role"] for m in saved["messages"]] == ["user", "assistant"] * 2
+    r, saved = saved_chat(gptcli, tiny_model, tmp_path, ["/undo"])
+    assert r.returncode == 2 and "gptcli: error: nothing to undo" in r.stderr
+    assert saved["messages"] == []
+
+
+def test_reset_clears_the_turns_and_keeps_the_system_prompt(gptcli, tiny_model, tmp_path):
+    r, saved = saved_chat(
+        gptcli, tiny_model, tmp_path, ["one", "two", "/reset", "three"], "--system", "SYS"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "conversation cleared" in r.stderr
+    assert saved["system"] == "SYS"
+    assert [m["content"] for m in saved["messages"] if m["role"] == "user"] == ["three"]
+
+
+def test_system_sets_shows_and_reaches_the_prompt(gptcli, tiny_model, tmp_path):
+    r, saved = saved_chat(
+        gptcli, tiny_model, tmp_path, ["/system", "/system Answer in French.", "/system", "hi"]
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("(no system prompt)\nAnswer in French.\n")
+    assert saved["system"] == "Answer in French."
+    # The new system prompt is part of the evaluated prompt: more tokens than without it.
+    chat = ("chat", "-m", str(tiny_model), "-n", "1")
+    with_sys = gptcli(*chat, input="/system Answer in French.\nhi\n/stats\n")
+    without = gptcli(*chat, input="hi\n/stats\n")
+
+    def prompt_tokens(r):
+        line = next(ln for ln in r.stderr.splitlines() if ln.startswith("prompt"))
+        return int(line.split()[1])
+
+    assert prompt_tokens(with_sys) > prompt_tokens(without)
+
+
+def test_seed_makes_a_reply_repeatable_and_another_seed_changes_it(gptcli, tiny_model):
+    def reply(*lines: str) -> str:
+        r = gptcli("chat", "-m", str(tiny_model), "-n", "8", input="\n".join(lines) + "\n")
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    a = reply("/temp 1.5", "/seed 5", "hello")
+    assert a == reply("/temp 1.5", "/seed 5", "hello")
+    assert a != reply("/temp 1.5", "/seed 6", "hello")
+    # /seed changes the sampler mid-session: the same as starting with --seed.
+    started = gptcli(
+        "chat", "-m", str(tiny_model), "-n", "8", "-t", "1.5", "--seed", "6", input="hello\n"
+    )
+    assert reply("/temp 1.5", "/seed 6", "hello") == started.stdout
+    shown = reply("/seed 9", "/seed", "/seed random", "/seed")
+    assert shown == "seed 9\nseed random\n"
+
+
+@pytest.mark.parametrize(
+    "command, value, shown",
+    [
+        ("temp", "0.25", "temperature 0.25"),
+        ("temperature", "1.5", "temperature 1.5"),
+        ("top-k", "7", "top-k 7"),
+        ("top-p", "0.5", "top-p 0.5"),
+        ("min-p", "0.2", "min-p 0.2"),
+        ("repeat-penalty", "1.3", "repeat-penalty 1.3"),
+        ("max-tokens", "3", "max-tokens 3"),
+    ],
+)
+def test_sampling_commands_set_what_they_name(gptcli, tiny_model, command, value, shown):
+    r = gptcli(
+        "chat", "-m", str(tiny_model), input=f"/{command} {value}\n/{command}\n/stats\n"
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == shown + "\n"
+    sampling = next(ln for ln in r.stderr.splitlines() if ln.startswith("sampling"))
+    assert shown in sampling, sampling
+
+
+def test_sampling_commands_reach_the_sampler(gptcli, tiny_model):
+    def reply(*lines: str) -> str:
+        r = gptcli("chat", "-m", str(tiny_model), "-n", "8", input="\n".join(lines) + "\n")
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    # Greedy by /temp 0 or by /top-k 1: the seed no longer matters, and both agree.
+    greedy = reply("/temp 0", "/seed 1", "hello")
+    assert greedy == reply("/temp 0", "/seed 2", "hello")
+    assert greedy == reply("/temp 1.5", "/top-k 1", "/seed 3", "hello")
+    started = gptcli("chat", "-m", str(tiny_model), "-n", "8", "-t", "0", input="hello\n")
+    assert greedy == started.stdout
+    # /max-tokens 2 cuts the reply at two tokens (the notice names the limit).
+    r = gptcli("chat", "-m", str(tiny_model), "-t", "0", input="/max-tokens 2\nhello\n/stats\n")
+    assert "limit of 2 tokens" in r.stderr
+    assert any(ln.startswith("reply       2 tokens") for ln in r.stderr.splitlines()), r.stderr
