@@ -84,10 +84,18 @@ def test_stats_go_to_stderr_only(gptcli, tiny_model):
     assert "tokens/s" not in r.stdout
 
 
-def test_model_from_environment(gptcli, tiny_model):
-    env = clean_env(GPTCLI_MODEL=str(tiny_model))
-    r = gptcli("generate", "--raw", "-n", "4", "--stats", "Hi", env=env)
+def test_model_from_environment(gptcli, tiny_model, smollm2):
+    args = ("generate", "--raw", "-t", "0", "-n", "6", "The capital of France is")
+    tiny_text = gptcli(*args, "-m", str(tiny_model)).stdout
+    assert tiny_text.strip() and not tiny_text.startswith(" Paris")  # random weights
+    r = gptcli(*args, env=clean_env(GPTCLI_MODEL=str(tiny_model)))
     assert r.returncode == 0, r.stderr
+    assert r.stdout == tiny_text  # the tiny model answered, not the embedded default
+    # -m wins over GPTCLI_MODEL, both ways round, even when the variable names no file.
+    m_wins = gptcli(*args, "-m", str(smollm2), env=clean_env(GPTCLI_MODEL=str(tiny_model)))
+    assert m_wins.stdout.startswith(" Paris") and m_wins.stdout != tiny_text
+    bad_env = clean_env(GPTCLI_MODEL="/nonexistent/model.gguf")
+    assert gptcli(*args, "-m", str(tiny_model), env=bad_env).stdout == tiny_text
     missing = gptcli("generate", "Hi", env=clean_env(GPTCLI_MODEL="/nonexistent/model.gguf"))
     assert missing.returncode == 1
     assert "GPTCLI_MODEL" in missing.stderr and "/nonexistent/model.gguf" in missing.stderr

@@ -471,3 +471,42 @@ def test_list_available_shows_the_catalogue(hub, tmp_path):
     rows = {line.split("\t")[0]: line.split("\t") for line in run.stdout.splitlines()[1:]}
     assert rows["smollm2"][2] == "embedded"
     assert rows["qwen2.5-0.5b"][1] == "Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def test_damaged_cached_copy_is_re_verified_and_downloaded_again(hub, tmp_path):
+    ref, name = f"{TINY}:Q8_0", "Tiny-Q8_0.gguf"
+    served = hub.repos[TINY].files[name]
+    assert run_gptcli("pull", ref, env=hub_env(hub, tmp_path)).returncode == 0
+    blob = repo_dir(tmp_path, TINY) / "blobs" / served.sha256
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, in the tensor data: only the hash can tell
+    os.chmod(blob, 0o644)
+    blob.write_bytes(bytes(data))
+    before = len(hub.requests("GET", name))
+    run = run_gptcli("pull", ref, env=hub_env(hub, tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert f"the cached copy of {TINY}/{name} is damaged (checksum mismatch)" in run.stderr
+    assert len(hub.requests("GET", name)) == before + 1  # fetched again, once
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == served.sha256
+    # An intact cached copy is hashed too, and then not fetched.
+    again = run_gptcli("pull", ref, env=hub_env(hub, tmp_path))
+    assert again.returncode == 0 and "damaged" not in again.stderr
+    assert len(hub.requests("GET", name)) == before + 1
+
+
+def test_file_with_the_right_checksum_but_a_bad_header_is_refused(hub, tmp_path, tiny_model):
+    # The hub's sha256 matches these bytes: only the GGUF header check can refuse them.
+    bad = tmp_path / "served" / "Broken-Q4_K_M.gguf"
+    bad.parent.mkdir()
+    bad.write_bytes(tiny_model.read_bytes()[:4096])  # GGUF magic, header cut short
+    hub.repo("test-org/Broken-GGUF").add(bad.name, bad)
+    home = tmp_path / "home"
+    run = run_gptcli("pull", "test-org/Broken-GGUF", env=hub_env(hub, home))
+    assert run.returncode == 1
+    line = one_error_line(run.stderr)
+    assert f"test-org/Broken-GGUF/{bad.name} is not a valid GGUF file" in line, line
+    assert run.stdout == ""
+    assert not [f for f in cache_files(home) if "/blobs/" in f or "/snapshots/" in f]
