@@ -80,7 +80,10 @@ class GptcliGroup(TyperGroup):
             )
         except ClickException as e:
             if type(e).__name__ == "NoArgsIsHelpError":
-                typer.echo(e.ctx.get_help())
+                # Typer's rich help is printed while the error is built; plain help is
+                # only returned as its message.
+                if e.format_message().strip():
+                    typer.echo(e.format_message())
                 code = 0
             else:
                 _error_line(e.format_message())
@@ -92,6 +95,13 @@ class GptcliGroup(TyperGroup):
             if not standalone_mode:
                 raise
             sys.exit(ExitCode.CTRL_C)
+        except SystemExit as e:
+            # Typer answers a closed stdout (EPIPE outside a command: --version, the
+            # final flush) with exit 1 after wrapping the streams; we answer it with 141.
+            if e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+                _quiet_broken_pipe()
+                sys.exit(ExitCode.BROKEN_PIPE)
+            raise
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)

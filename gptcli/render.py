@@ -17,11 +17,21 @@ if TYPE_CHECKING:
     from gptcli.generation import Finish, TokenEvent
 
 
-@cache
-def _console(stderr: bool) -> Console:
+def make_console(**options) -> Console:
+    """A rich Console whose closed pipe ends gptcli with 141, as every other write does
+    (rich's own answer is exit 1)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError  # the CLI turns it into exit 141, silently
+
+    return _Console(**options)
+
+
+@cache
+def _console(stderr: bool) -> Console:
+    return make_console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 def stderr_console() -> Console:

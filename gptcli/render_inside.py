@@ -31,9 +31,9 @@ def _console():
     console = stdout_console()
     if console.is_terminal:
         return console
-    from rich.console import Console
+    from gptcli.render import make_console
 
-    return Console(width=_PIPE_WIDTH, highlight=False, soft_wrap=True)
+    return make_console(width=_PIPE_WIDTH, highlight=False, soft_wrap=True)
 
 
 def _width(console) -> int:
