@@ -31,6 +31,7 @@ MAX_TENSOR_NAME_BYTES = 63  # GGML_MAX_NAME is 64, with the terminating NUL
 MAX_STRING_BYTES = 1 << 30  # llama.cpp's GGUF_MAX_STRING_LENGTH
 MAX_ARRAY_ELEMENTS = 1 << 30  # llama.cpp's GGUF_MAX_ARRAY_ELEMENTS
 MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS: more aborts the process
+MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS in the vendored llama.cpp (1025 aborts, measured)
 MAX_TOKENS = (1 << 31) - 1  # token ids are int32
 INT64_MAX = (1 << 63) - 1
 DEFAULT_ALIGNMENT = 32
@@ -111,8 +112,8 @@ TENSOR_TYPES: dict[int, tuple[int, int]] = {
 
 # llama-model.cpp: any other value of {arch}.rope.scaling.type aborts.
 ROPE_SCALING_TYPES = {"none", "linear", "yarn", "longrope"}
-# Float hyperparameters (after `{arch}.`) that only make sense above 0.
-POSITIVE_HPARAMS = {"rope.freq_base", "rope.freq_base_swa"}
+# RoPE bases (after `{arch}.`): below 1, llama.cpp computes NaN (0, -1, 1e-45 measured).
+ROPE_BASES = {"rope.freq_base", "rope.freq_base_swa"}
 
 
 class GGUFError(GptcliError):
@@ -438,6 +439,26 @@ def _check_vocab(header: GGUFHeader, r: _Reader) -> None:
             raise r.fail(f"{key} has {n} entries for {n_tokens} tokens")
 
 
+def _check_experts(header: GGUFHeader, r: _Reader, arch: str) -> None:
+    """The expert counts llama-model.cpp asserts on (found by the hyperparameter sweep:
+    `expert_count = 1` alone aborts a dense llama model)."""
+    values = {}
+    for name in ("expert_count", "expert_used_count"):
+        v = header.metadata.get(f"{arch}.{name}", 0)
+        if isinstance(v, list):  # per layer: llama.cpp checks the largest
+            v = max((x for x in v if isinstance(x, int)), default=0)
+        if not isinstance(v, int) or isinstance(v, bool):
+            return  # another type: llama.cpp refuses it with an error of its own
+        values[name] = v
+    n, used = values["expert_count"], values["expert_used_count"]
+    if n > MAX_EXPERTS:
+        raise r.fail(f"{arch}.expert_count is {n} (llama.cpp takes at most {MAX_EXPERTS})")
+    if used > n:
+        raise r.fail(f"{arch}.expert_used_count is {used}, more than the {n} experts")
+    if n > 0 and used == 0:
+        raise r.fail(f"{arch}.expert_count is {n} but no expert is used (expert_used_count)")
+
+
 def _check_hparams(header: GGUFHeader, r: _Reader) -> None:
     """Hyperparameters llama.cpp checks with an assertion (an abort, not an error)."""
     arch = header.metadata.get("general.architecture")
@@ -457,6 +478,7 @@ def _check_hparams(header: GGUFHeader, r: _Reader) -> None:
     scaling = header.metadata.get(f"{arch}.rope.scaling.type")
     if isinstance(scaling, str) and scaling not in ROPE_SCALING_TYPES:
         raise r.fail(f"{arch}.rope.scaling.type {scaling!r} is unknown")
+    _check_experts(header, r, arch)
     for key in (f"{arch}.rope.dimension_count", f"{arch}.rope.dimension_count_swa"):
         n_rot = header.metadata.get(key)
         if isinstance(n_rot, int) and n_rot % 2:  # ggml's rope asserts an even count
@@ -470,9 +492,9 @@ def _check_hparams(header: GGUFHeader, r: _Reader) -> None:
             raise r.fail(f"{key} is {value}")
         if key.endswith("epsilon") and value < 0:
             raise r.fail(f"{key} is negative ({value})")
-        # Loaded without complaint, then garbage: a RoPE base of 0 or below gives NaN
-        # logits on every step; a zero norm epsilon divides by zero on a zero vector.
+        # Loaded without complaint, then garbage: a RoPE base below 1 gives NaN logits
+        # on every step; a zero norm epsilon divides by zero on a zero vector.
         if key.endswith("epsilon") and value == 0:
             raise r.fail(f"{key} is 0 (a norm epsilon must be positive)")
-        if key.split(".", 1)[1] in POSITIVE_HPARAMS and value <= 0:
-            raise r.fail(f"{key} is {value:g} (it must be positive)")
+        if key.split(".", 1)[1] in ROPE_BASES and not value >= 1:
+            raise r.fail(f"{key} is {value:g} (a RoPE base must be at least 1)")

@@ -274,6 +274,16 @@ def _version(v):
 EPS = "llama.attention.layer_norm_rms_epsilon"
 ROPE_DIMS = "llama.rope.dimension_count"
 ROPE_BASE = "llama.rope.freq_base"
+EXPERTS, USED = "llama.expert_count", "llama.expert_used_count"
+
+
+def _experts(n: int, used: int):
+    def build(raw, g):
+        g = g.set(EXPERTS, T_UINT32, struct.pack("<I", n))
+        return g.set(USED, T_UINT32, struct.pack("<I", used)).to_bytes()
+
+    return build
+
 
 HOSTILE = {
     # name: (builder, a word the one-line message must contain)
@@ -333,9 +343,14 @@ HOSTILE = {
     # These load in llama.cpp and compute garbage (NaN logits) instead of failing.
     "norm_epsilon_zero": (_set(EPS, T_FLOAT32, struct.pack("<f", 0.0)), "epsilon is 0"),
     "rope_freq_base_zero": (_set(ROPE_BASE, T_FLOAT32, struct.pack("<f", 0.0)), "freq_base is 0"),
-    "rope_freq_base_negative": (_set(ROPE_BASE, T_FLOAT32, struct.pack("<f", -1e4)), "positive"),
+    "rope_freq_base_negative": (_set(ROPE_BASE, T_FLOAT32, struct.pack("<f", -1e4)), "least 1"),
+    "rope_freq_base_tiny": (_set(ROPE_BASE, T_FLOAT32, struct.pack("<f", 1e-45)), "least 1"),
     "rope_freq_base_nan": (_set(ROPE_BASE, T_FLOAT32, struct.pack("<f", float("nan"))), "nan"),
     "rope_freq_base_inf": (_set(ROPE_BASE, T_FLOAT32, struct.pack("<f", float("inf"))), "inf"),
+    # Found by the hyperparameter sweep: each aborts llama-model.cpp (GGML_ASSERT).
+    "expert_count_without_used": (_set(EXPERTS, T_UINT32, struct.pack("<I", 1)), "no expert"),
+    "expert_used_without_experts": (_set(USED, T_UINT32, struct.pack("<I", 1)), "more than"),
+    "expert_count_1025": (_experts(1025, 1), "at most 1024"),
 }
 
 

@@ -40,7 +40,8 @@ def test_hostile_model_file_is_refused_in_one_line(gptcli, tiny_model, hostile_d
 # Files that abort llama.cpp itself (SIGABRT from a GGML_ASSERT) when it is handed
 # them directly: the reason gptcli's own check must run first.
 ABORTS_LLAMA_CPP = ["duplicate_token", "block_count_zero", "block_count_1000"]
-ABORTS_LLAMA_CPP += ["rope_scaling_unknown"]
+ABORTS_LLAMA_CPP += ["rope_scaling_unknown", "expert_count_without_used"]
+ABORTS_LLAMA_CPP += ["expert_used_without_experts", "expert_count_1025"]
 
 _RAW_LOAD = """
 import ctypes, sys, llama_cpp
