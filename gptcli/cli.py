@@ -6,6 +6,7 @@ Each command group lives in `gptcli/commands/` and registers itself here.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
@@ -37,9 +38,95 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+# How `gptcli --help` groups the commands, in this order, with one line each (the
+# details live in each command's own help).
+COMMAND_PANELS: dict[str, dict[str, str]] = {
+    "Run": {
+        "generate": "Stream a completion of PROMPT (and piped stdin) to stdout.",
+        "chat": "Talk with the model in the terminal.",
+        "explore": "Walk the distribution token by token, branch, change the temperature.",
+    },
+    "Probabilities": {
+        "next": "The next-token distribution after PROMPT, under several temperatures.",
+        "score": "How surprising each token of a text is to the model; perplexity.",
+    },
+    "Look inside": {
+        "inspect": "The model's anatomy: hyperparameters and parameters by matrix.",
+        "tokenize": "The tokens the model sees in a text.",
+        "embed": "Nearest tokens and analogies in the embedding matrix.",
+        "lens": "What each layer's residual stream would predict (the logit lens).",
+        "attention": "Where each attention head looks.",
+    },
+    "Models": {
+        "pull": "Download GGUF weights from the Hugging Face hub, verified.",
+        "list": "Local models (with --server: the server's).",
+        "rm": "Remove a pulled model and report the space freed.",
+        "doctor": "Versions, backend, GPU offload, threads and the default model.",
+    },
+}
+# Each command's options grouped the same way everywhere; unnamed ones stay in "Options".
+OPTION_PANELS: dict[str, str] = {
+    **dict.fromkeys(
+        ("model", "ctx", "threads", "gpu_layers", "verbose", "server"), "Model and backend"
+    ),
+    **dict.fromkeys(
+        (
+            "raw",
+            "system",
+            "chat",
+            "max_tokens",
+            "temperature",
+            "top_k",
+            "top_p",
+            "min_p",
+            "repeat_penalty",
+            "seed",
+            "stop",
+        ),
+        "Prompt and sampling",
+    ),
+    **dict.fromkeys(
+        ("probs", "probs_kind", "alternatives", "json_out", "stats", "top", "steps"),
+        "Output and probabilities",
+    ),
+    **dict.fromkeys(("json_schema", "output_format", "grammar"), "Structured output"),
+    **dict.fromkeys(("each_line", "jobs"), "Batch"),
+}
+
+
+_ONE_NEWLINE = re.compile(r"(?<=\S)\n(?=[^\n\s-])")
+
+
+def _lay_out(command) -> None:
+    """Put a command and its options in their help panels, with its one-line summary."""
+    for panel, commands in COMMAND_PANELS.items():
+        if command.name in commands:
+            command.rich_help_panel = panel
+            command.short_help = commands[command.name]
+    if command.help and not getattr(command, "_reflowed", False):
+        # Docstring line breaks are not sentence breaks: let rich wrap each paragraph
+        # to the terminal (a line starting with "-" or spaces stays a line).
+        command.help = _ONE_NEWLINE.sub(" ", inspect.cleandoc(command.help))
+        command._reflowed = True
+    for param in command.params:
+        if getattr(param, "rich_help_panel", None) is None and param.name in OPTION_PANELS:
+            param.rich_help_panel = OPTION_PANELS[param.name]
+
+
 class GptcliGroup(TyperGroup):
     """Translates GptcliError, Ctrl-C, SIGTERM, a closed pipe and usage errors into
     one line on stderr and an exit code, where CliRunner still sees that code."""
+
+    def list_commands(self, ctx):
+        known = [name for panel in COMMAND_PANELS.values() for name in panel]
+        mine = super().list_commands(ctx)
+        return [n for n in known if n in mine] + [n for n in mine if n not in known]
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _lay_out(command)
+        return command
 
     def invoke(self, ctx):
         previous = None
@@ -171,12 +258,35 @@ def _plain_coercion() -> None:
 
 _plain_coercion()
 
+# What to type, not a type name: Typer would show <bool> on flags, <int>, <str>, <float>.
+_METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
+def _readable_metavars() -> None:
+    from typer.core import TyperArgument, TyperOption
+
+    def option_metavar(self, ctx):
+        if self.metavar is not None:
+            return self.metavar
+        if self.is_flag or self.type_descriptor.annotation is bool:
+            return None  # a flag takes no value
+        kind = self.type_descriptor.annotation
+        if self.type_descriptor.is_list:
+            kind = str
+        return _METAVARS.get(kind, "VALUE")
+
+    TyperOption.display_type_rich = option_metavar
+    TyperArgument.display_type_rich = lambda self, ctx: None  # its NAME says it
+
+
+_readable_metavars()
+
 app = typer.Typer(
     cls=GptcliGroup,
     name="gptcli",
     help="Run, pipe, chat with and look inside a GPT-style language model.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )

@@ -42,3 +42,76 @@ def test_no_arguments_prints_the_help_once(gptcli):
     r = gptcli()
     assert r.returncode == 0
     assert r.stdout.count("Usage:") == 1
+
+
+def _commands():
+    import typer.main
+
+    from gptcli.cli import COMMAND_PANELS, app
+
+    group = typer.main.get_command(app)
+    names = group.list_commands(None)
+    return group, names, COMMAND_PANELS
+
+
+def test_help_groups_every_command_with_a_one_line_summary(gptcli):
+    group, names, panels = _commands()
+    grouped = [n for panel in panels.values() for n in panel]
+    assert sorted(names) == sorted(grouped), "a command outside the help panels"
+    r = gptcli("--help", env=clean_env(COLUMNS="100"))
+    assert r.returncode == 0
+    out = r.stdout
+    for panel, commands in panels.items():
+        assert f"─ {panel} ─" in out
+        for name, summary in commands.items():
+            assert len(f"  {name:<10} {summary}") <= 96, f"{name}: summary too long"
+            assert f"{name} " in out and summary in out  # on one line, unbroken
+
+
+@pytest.mark.parametrize("columns", ["60", "200"])
+def test_every_command_help_says_what_to_type_not_a_type_name(gptcli, columns):
+    group, names, _ = _commands()
+    for name in names:
+        r = gptcli(name, "--help", env=clean_env(COLUMNS=columns))
+        assert r.returncode == 0, name
+        for word in ("<bool>", "<str>", "<int>", "<float>", "<list[", "<path>"):
+            assert word not in r.stdout, f"{name} --help shows {word}"
+
+
+def test_no_help_text_is_broken_inside_a_sentence():
+    import re
+
+    import typer.main
+
+    from gptcli.cli import app
+
+    group = typer.main.get_command(app)
+    ctx = group.make_context("gptcli", ["--help"], resilient_parsing=True)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        # a newline inside a paragraph would be printed as a break mid-sentence
+        assert not re.search(r"\S\n[^\n\s-]", command.help or ""), name
+        for param in command.params:
+            assert "\n" not in (getattr(param, "help", None) or ""), f"{name} {param.name}"
+
+
+def test_model_names_complete_from_the_catalogue_and_the_cache(tmp_path):
+    from gptcli.completion import complete_model
+
+    snap = tmp_path / "hub" / "models--owner--repo" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "model-Q4_K_M.gguf").write_bytes(b"")
+    (tmp_path / "local.gguf").write_bytes(b"")
+    import os
+
+    old = os.environ.get("HF_HUB_CACHE")
+    os.environ["HF_HUB_CACHE"] = str(tmp_path / "hub")
+    try:
+        assert "smollm2" in complete_model("smol")
+        assert complete_model("owner/") == ["owner/repo:Q4_K_M"]
+        assert complete_model(str(tmp_path) + "/lo") == [str(tmp_path) + "/local.gguf"]
+    finally:
+        if old is None:
+            del os.environ["HF_HUB_CACHE"]
+        else:
+            os.environ["HF_HUB_CACHE"] = old

@@ -18,8 +18,16 @@ ModelOpt = Annotated[
         metavar="MODEL",
         help="GGUF file or hub reference (owner/repo:QUANT). "
         "Default: $GPTCLI_MODEL, else the embedded SmolLM2-135M-Instruct.",
+        autocompletion=lambda incomplete: _complete_model(incomplete),
     ),
 ]
+
+
+def _complete_model(incomplete: str) -> list[str]:
+    from gptcli.completion import complete_model  # only when the shell asks
+
+    return complete_model(incomplete)
+
 CtxOpt = Annotated[
     int, typer.Option("--ctx", help="Context size in tokens (0: the model's, at most 4096).")
 ]
