@@ -258,6 +258,12 @@ def _vocab_size(header: GGUFHeader) -> int | None:
     return embd.shape[-1] if embd is not None else None
 
 
+def _display_name(header: GGUFHeader) -> str:
+    from gptcli.naming import display_name
+
+    return display_name(header)
+
+
 def anatomy_of(header: GGUFHeader) -> Anatomy:
     """Hyperparameters and the parameter tally of a validated header."""
     arch = header.metadata.get("general.architecture")
@@ -286,7 +292,7 @@ def anatomy_of(header: GGUFHeader) -> Anatomy:
         q.bytes += t.nbytes
     return Anatomy(
         path=str(header.path),
-        name=str(header.get("general.name") or header.path.name),
+        name=_display_name(header),
         architecture=arch,
         layers=_as_int(header.get("{arch}.block_count")),
         d_model=d_model,

@@ -172,7 +172,9 @@ class Engine:
 
     @property
     def name(self) -> str:
-        return str(self.header.metadata.get("general.name") or self.path.name)
+        from gptcli.naming import label  # as a person writes it, quantization apart
+
+        return label(self.header)
 
     @property
     def chat_template(self) -> str | None:

@@ -115,3 +115,26 @@ def test_model_names_complete_from_the_catalogue_and_the_cache(tmp_path):
             del os.environ["HF_HUB_CACHE"]
         else:
             os.environ["HF_HUB_CACHE"] = old
+
+
+def test_the_model_is_named_as_a_person_writes_it_with_the_quantization_apart(smollm2, gptcli):
+    from gptcli.gguf_check import read_header
+    from gptcli.naming import label
+
+    assert label(read_header(smollm2)) == "SmolLM2-135M-Instruct (Q4_1)"  # not general.name
+    r = gptcli("inspect")
+    assert "SmolLM2-135M-Instruct" in r.stdout and "Smollm2 135M 8k" not in r.stdout
+    r = gptcli("doctor")
+    assert "SmolLM2-135M-Instruct (Q4_1)" in r.stdout
+
+
+def test_a_file_without_basename_is_named_by_its_file_name(tmp_path):
+    from gptcli.gguf_check import GGUFHeader
+    from gptcli.naming import display_name, quantization
+
+    h = GGUFHeader(tmp_path / "Qwen2.5-0.5B-Instruct-Q4_K_M.gguf", 3, 0, {"general.name": "x"})
+    assert display_name(h) == "Qwen2.5-0.5B-Instruct" and quantization(h) == "Q4_K_M"
+    h = GGUFHeader(
+        tmp_path / "model.gguf", 3, 0, {"general.basename": "gemma-3", "general.size_label": "270M"}
+    )
+    assert display_name(h) == "gemma-3 270M"

