@@ -489,3 +489,28 @@ def test_explore_in_a_real_terminal(tmp_path):
         assert saved["settings"]["temperature"] == 1.2 and len(saved["nodes"]) == 11
     finally:
         subprocess.run(["tmux", "-L", name, "kill-server"], capture_output=True)
+
+
+def test_ctrl_c_quits_with_130(smol):
+    s = session_for(smol)
+    app = drive(s, "ctrl+c")
+    assert app.return_code == 130 and app.return_value is None
+
+
+def test_hostile_tree_through_a_terminal_is_one_line(tmp_path, smollm2):
+    import pexpect
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "gptcli-explore", "version": 1, "nodes": [')
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "gptcli", "explore", "--threads", "1", "--load", str(bad)],
+        env=clean_env(TERM="xterm-256color"),
+        timeout=120,
+        dimensions=(40, 120),
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    out = re.sub(r"\x1b\[[0-9;]*m", "", child.before.decode("utf-8", errors="replace")).strip()
+    assert child.exitstatus == 2
+    assert out == f"gptcli: error: cannot open the tree {bad}: not JSON (line 1, column 54)"

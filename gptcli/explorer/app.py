@@ -147,6 +147,7 @@ class Explorer(App[str | None]):
         Binding("e", "export", "export"),
         Binding("question_mark", "help", "help"),
         Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "interrupt", "quit", show=False, priority=True),
     ]
 
     def __init__(self, session: Session):
@@ -439,6 +440,9 @@ class Explorer(App[str | None]):
             self._do(save)
 
         self.push_screen(Ask("save the tree to file:", "tree.json"), done)
+
+    def action_interrupt(self) -> None:
+        self.exit(None, return_code=130)  # Ctrl-C: gptcli's exit code for it everywhere
 
     def action_export(self) -> None:
         self.exit(self.session.branch_text())
