@@ -138,3 +138,18 @@ def test_a_file_without_basename_is_named_by_its_file_name(tmp_path):
         tmp_path / "model.gguf", 3, 0, {"general.basename": "gemma-3", "general.size_label": "270M"}
     )
     assert display_name(h) == "gemma-3 270M"
+
+
+def test_stop_strings_read_backslash_escapes(gptcli):
+    from gptcli.commands.options import unescape
+
+    assert unescape(r"a\n\nb\t\\n\x41") == "a\n\nb\t\\nA"
+    # greedy: " Paris.\n\nThe United States ..." without the stop
+    r = gptcli(
+        "generate", "--raw", "-t", "0", "-n", "20", "--stop", r"\n\n", "The capital of France is"
+    )
+    assert r.returncode == 0 and r.stdout == " Paris.\n", r.stdout
+    r = gptcli(
+        "generate", "--raw", "-t", "0", "-n", "20", "--stop", r"\x2e", "The capital of France is"
+    )
+    assert r.stdout == " Paris\n"

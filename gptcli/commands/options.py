@@ -3,6 +3,7 @@ into an engine, a sampler and a prompt."""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Annotated
 
@@ -67,8 +68,30 @@ MaxTokensOpt = Annotated[
         help="Stop after this many tokens (default: end of text or full context).",
     ),
 ]
+
+_ESCAPE = re.compile(r"\\(n|t|r|\\|x[0-9a-fA-F]{2})")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """`\\n`, `\\t`, `\\r`, `\\\\` and `\\xNN` as the characters they name: shells pass
+    "\\n" as two characters, and users write stops that way (as llama.cpp reads them)."""
+    return _ESCAPE.sub(
+        lambda m: _ESCAPES.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), text
+    )
+
+
+def _unescape_all(values: list[str] | None) -> list[str] | None:
+    return None if values is None else [unescape(v) for v in values]
+
+
 StopOpt = Annotated[
-    list[str] | None, typer.Option("--stop", help="Stop at this text (repeatable).")
+    list[str] | None,
+    typer.Option(
+        "--stop",
+        callback=_unescape_all,
+        help="Stop at this text (repeatable); \\n, \\t, \\\\ and \\xNN are read as escapes.",
+    ),
 ]
 SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt (chat models).")]
 ServerOpt = Annotated[
