@@ -35,8 +35,9 @@ class ChatFormat:
 
     @property
     def stops(self) -> tuple[str, ...]:
-        # The plain format has no end-of-turn token: stop where the next turn would start.
-        return () if self.template else ("\nUser:",)
+        # The plain format has no end-of-turn token: stop where the next turn of either
+        # speaker would start (a base model runs on into an invented "Assistant:" too).
+        return () if self.template else ("\nUser:", "\nAssistant:")
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if self.template is None:

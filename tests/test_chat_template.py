@@ -70,7 +70,7 @@ def test_plain_format_and_its_stop():
         == "Be brief.\n\nUser: Hi\nAssistant: Hello!\nUser: Bye\nAssistant:"
     )
     assert render_plain(CONVERSATION[:2], add_generation_prompt=False) == "Be brief.\n\nUser: Hi\n"
-    assert ChatFormat(None).stops == ("\nUser:",)
+    assert ChatFormat(None).stops == ("\nUser:", "\nAssistant:")
     assert ChatFormat(None).render(CONVERSATION) == render_plain(CONVERSATION)
     assert ChatFormat(TINY_CHAT_TEMPLATE).stops == ()
     fmt = ChatFormat("{{ bos_token }}{{ messages[0].content }}{{ eos_token }}", "<s>", "</s>")
