@@ -153,3 +153,9 @@ def test_stop_strings_read_backslash_escapes(gptcli):
         "generate", "--raw", "-t", "0", "-n", "20", "--stop", r"\x2e", "The capital of France is"
     )
     assert r.stdout == " Paris\n"
+
+
+def test_probs_kind_model_alone_implies_probs(gptcli):
+    r = gptcli("generate", "--probs-kind", "model", "--raw", "-t", "0", "-n", "2", "The sky is")
+    assert r.returncode == 0
+    assert "[0." in r.stdout  # token[0.77] without colour: the probabilities are shown
