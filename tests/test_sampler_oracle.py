@@ -165,7 +165,7 @@ def cases(draw, truncation: str = "any"):
     return logits, history, params
 
 
-ORACLE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+ORACLE = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check(logits, history, params):
@@ -185,7 +185,7 @@ def test_distribution_equals_llama_cpp_chain(case):
 
 
 @pytest.mark.parametrize("truncation", ["top_k", "top_p", "min_p", "none"])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_each_truncation_alone_equals_llama_cpp(truncation, data):
     check(*data.draw(cases(truncation)))
