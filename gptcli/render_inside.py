@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from gptcli.lens import Lens
-from gptcli.render_probs import BANDS, band, fmt_prob, token_object, token_text, visible
+from gptcli.render_probs import BANDS, band, fmt_prob, token_label, token_object, token_text
 
 Piece = Callable[[int], bytes]
 SPARK = "▁▂▃▄▅▆▇█"
@@ -42,7 +42,7 @@ def _width(console) -> int:
 
 
 def _label(piece: Piece, token: int, width: int | None = None) -> str:
-    text = visible(token_text(piece(token)))
+    text = token_label(piece(token))
     if width is not None and len(text) > width:
         text = text[: max(1, width - 1)] + "…"
     return text
@@ -292,7 +292,7 @@ def head_view(tokens, w: np.ndarray, piece: Piece, layer: int, head: int, no_bos
     for j in range(n):
         v = min(1.0, row[j] / rscale)
         label = token_text(piece(tokens[j]))
-        label = visible(label) if not label.isprintable() else label
+        label = label if label.isprintable() else token_label(piece(tokens[j]))
         if colour:
             text.append(label, style=f"on color({232 + int(round(v * 23))})")
         else:

@@ -74,6 +74,35 @@ def visible(text: str) -> str:
     return "␣" * lead + core + "␣" * trail
 
 
+_SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def _hex_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
+    # A token may end inside a UTF-8 character: show those bytes as <0xE2>.
+    return "".join(f"<0x{b:02X}>" for b in err.object[err.start : err.end]), err.end
+
+
+codecs.register_error("gptcli-hexbytes", _hex_bytes)
+
+
+def token_label(piece: bytes) -> str:
+    """One token as visible text, the one notation of every token view (tokenize,
+    embed, --probs alternatives, next, score, lens, attention): spaces as ␣, line ends
+    as ↵, tabs as ⇥, the bytes of an unfinished UTF-8 character as <0xE2>; control
+    characters, C1 and bidi controls as the escapes terminal.py shows (\\x1b, \\u202e)."""
+    from gptcli.terminal import escape_char, needs_escaping
+
+    out = []
+    for ch in piece.decode("utf-8", errors="gptcli-hexbytes"):
+        if ch in _SHOWN:
+            out.append(_SHOWN[ch])
+        elif needs_escaping(ch, token_view=True):
+            out.append(escape_char(ch))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def token_text(piece: bytes) -> str:
     """A token's exact bytes as text; bytes of an unfinished UTF-8 character as \\xNN."""
     return piece.decode("utf-8", errors="backslashreplace")
@@ -200,7 +229,7 @@ class ProbsRenderer:
     def _text(self, token: int) -> str:
         text = self._texts.get(token)
         if text is None:
-            text = visible(token_text(self._piece(token)))
+            text = token_label(self._piece(token))
             self._texts[token] = text
         return text
 
@@ -233,7 +262,7 @@ class ProbsRenderer:
 
     def _line(self, event: TokenEvent, p: float) -> None:
         paint = self._painter
-        name = visible(token_text(event.piece))
+        name = token_label(event.piece)
         cells = [paint.style(f"{name:<14}", p), f" {fmt_prob(p):>5} ", bar(p, 10)]
         others = []
         rank = None
@@ -448,7 +477,7 @@ class NextChart:
         p = self._painter
         temps = dist.temperatures
         single = len(temps) == 1
-        names = [visible(token_text(self.piece(c.id))) for c in dist.candidates]
+        names = [token_label(self.piece(c.id)) for c in dist.candidates]
         w = min(24, max(8, *(len(n) for n in names)))
         lines = []
         if step:
@@ -544,7 +573,7 @@ class NextMaskedChart:
         if c is None:
             return " " * (w + 18)
         q = c.probs[0]
-        name = _pad(visible(token_text(self.piece(c.id))), w)
+        name = _pad(token_label(self.piece(c.id)), w)
         return f"{self._painter.style(name, q)} {q:6.4f} {self._painter.style(bar(q, 10), q)}"
 
     def step(self, step: int, position: int, dist, masked) -> None:
@@ -598,12 +627,12 @@ def score_text(
     if picks:
         lines.append("")
         lines.append(p.faint(f"least likely tokens (of {len(scores.scored)} scored):"))
-        names = {i: visible(token_text(piece(scores.tokens[i]))) for i in picks}
+        names = {i: token_label(piece(scores.tokens[i])) for i in picks}
         w = min(24, max(8, *(len(n) for n in names.values())))
         lines.append(p.faint(f"{'pos':>6}  {_pad('token', w)}  {'prob':>7}  {'bits':>6}  expected"))
         for i in picks:
             q = math.exp(lps[i])
-            best = visible(token_text(piece(int(scores.best_ids[i]))))
+            best = token_label(piece(int(scores.best_ids[i])))
             bq = math.exp(scores.best_logprobs[i])
             lines.append(
                 f"{i:>6}  {p.style(_pad(names[i], w), q)}  {fmt_prob(q):>7}  "

@@ -3,7 +3,6 @@ inside the model: its parts, its tokens, its embedding space."""
 
 from __future__ import annotations
 
-import codecs
 import json
 from typing import TYPE_CHECKING, Annotated
 
@@ -29,33 +28,13 @@ ExactOpt = Annotated[
 # Chip backgrounds, alternated so token boundaries show without separators.
 _CHIP_STYLES = ("black on #a8d8ea", "black on #f6d6ad")
 _SPECIAL_STYLE = "bold white on #8e44ad"
-_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
-
-
-def _hex_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
-    # A token may end inside a UTF-8 character: show those bytes as <0xE2>.
-    return "".join(f"<0x{b:02X}>" for b in err.object[err.start : err.end]), err.end
-
-
-codecs.register_error("gptcli-hexbytes", _hex_bytes)
 
 
 def visible(piece: bytes) -> str:
     """A token's bytes as text with whitespace and partial UTF-8 made visible."""
-    from gptcli.terminal import needs_escaping
+    from gptcli.render_probs import token_label
 
-    text = piece.decode("utf-8", errors="gptcli-hexbytes")
-    out = []
-    for ch in text:
-        if ch in _VISIBLE:
-            out.append(_VISIBLE[ch])
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f"<0x{ord(ch):02X}>")
-        elif needs_escaping(ch, token_view=True):  # C1 and bidi overrides (terminal.py)
-            out.append(f"<U+{ord(ch):04X}>")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return token_label(piece)
 
 
 # -- inspect ----------------------------------------------------------------
@@ -396,12 +375,12 @@ def _print_neighbours(s: _Space, queries, found, what: str, title: str, as_json:
         table.add_column("id", justify="right")
         table.add_column("cosine", justify="right")
         for rank, n in enumerate(found, 1):
-            table.add_row(str(rank), Text(repr(n.piece)), str(n.id), f"{n.cosine:.3f}")
+            table.add_row(str(rank), Text(visible(s.space.piece(n.id))), str(n.id), f"{n.cosine:.3f}")
         console.print(table)
         return
     lines = [q.describe() for q in queries] + [title]
     for rank, n in enumerate(found, 1):
-        lines.append(f"{rank:>3}  {n.cosine:6.3f}  {n.id:>6}  {n.piece!r}")
+        lines.append(f"{rank:>3}  {n.cosine:6.3f}  {n.id:>6}  {visible(s.space.piece(n.id))}")
     typer.echo("\n".join(lines))
 
 
