@@ -159,3 +159,14 @@ def test_probs_kind_model_alone_implies_probs(gptcli):
     r = gptcli("generate", "--probs-kind", "model", "--raw", "-t", "0", "-n", "2", "The sky is")
     assert r.returncode == 0
     assert "[0." in r.stdout  # token[0.77] without colour: the probabilities are shown
+
+
+def test_one_token_notation_in_every_view(gptcli):
+    from gptcli.render_probs import token_label
+
+    assert token_label(b" \xea") == "␣<0xEA>"
+    assert token_label(b"a\nb\t\x1b\xe2\x80\xae") == "a↵b⇥\\x1b\\u202e"
+    r = gptcli("embed", "neighbors", "cat", "--top", "3")
+    assert "␣Cat" in r.stdout and "' Cat'" not in r.stdout  # not a Python repr
+    r = gptcli("tokenize", " Cat")
+    assert "␣Cat" in r.stdout
