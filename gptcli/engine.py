@@ -755,6 +755,21 @@ class Grammar:
         self._apply(arr)
         return buf["logit"].copy()
 
+    def mask_top(self, logits: np.ndarray, k: int, prefix: int = 1024) -> np.ndarray | None:
+        """mask(logits) as far as a top-k draw can tell: only the `prefix` highest logits
+        are checked, and the others set to -inf. None when fewer than k of them are
+        allowed (then the k best allowed tokens may lie further down: use mask)."""
+        n = self.n_vocab
+        if prefix >= n:
+            return None
+        ids = np.argpartition(-logits, prefix - 1)[:prefix]
+        ok = ids[self.allowed_among(ids)]
+        if len(ok) < k:
+            return None
+        out = np.full(n, -np.inf, dtype=np.float32)
+        out[ok] = logits[ok]
+        return out
+
     def allowed_ids(self) -> np.ndarray:
         """Every token that may come next."""
         return np.flatnonzero(np.isfinite(self.mask(np.zeros(self.n_vocab, dtype=np.float32))))

@@ -159,7 +159,13 @@ class Generation:
             return _restricted(draw, grammar.allowed_among(draw.ids)), None
         if grammar.is_complete():
             return None, None
-        masked = grammar.mask(logits)
+        masked = None
+        p = self.sampler.params
+        if p.top_k > 0 and (p.repeat_penalty == 1.0 or not p.repeat_last_n):
+            # A top-k draw only needs the k best allowed tokens: check the best logits first.
+            masked = grammar.mask_top(logits, p.top_k)
+        if masked is None:
+            masked = grammar.mask(logits)
         if not np.isfinite(masked).any():
             raise GptcliError("the grammar allows no token here (the vocabulary cannot spell it)")
         again = self.sampler.sample(masked, history, n_top=self.n_top, model_probs=self.model_probs)
