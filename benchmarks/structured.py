@@ -65,13 +65,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     cases = {
         "unconstrained": None,
         "json-schema": from_schema(json.dumps(LONG)),
         "format json": Constraint("json", JSON_GBNF),
     }
-    with Engine(embedded_model_path(), EngineOptions(n_ctx=1024)) as engine:
+    options = EngineOptions(n_ctx=1024, n_threads=args.threads)
+    with Engine(embedded_model_path(), options) as engine:
         run(engine, None, 16, 0)  # warm up
         rows = {}
         for name, constraint in cases.items():
