@@ -142,10 +142,11 @@ def test_each_line_keeps_order_with_4_in_flight(server, gptcli):
     assert out[0].startswith(" 2")  # "Count: 0, 1," goes on with 2
 
 
-def test_each_line_j_without_server_is_a_usage_error(gptcli):
-    r = gptcli("generate", "--each-line", "-j", "4", input="a\n")
+def test_each_line_j_zero_is_a_usage_error(gptcli):
+    # -j above 1 runs locally too (batched: tests/test_batching.py); 0 lines in flight is wrong.
+    r = gptcli("generate", "--each-line", "-j", "0", input="a\n")
     assert r.returncode == 2
-    assert "needs --server" in r.stderr and "Traceback" not in r.stderr
+    assert "-j must be at least 1" in r.stderr and "Traceback" not in r.stderr
 
 
 # -- failures ----------------------------------------------------------------------
