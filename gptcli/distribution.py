@@ -87,7 +87,8 @@ def next_tokens(logits: np.ndarray, top: int, temperatures: Sequence[float]) -> 
     logits = np.asarray(logits, dtype=np.float64)
     n = logits.shape[0]
     k = min(top, n)
-    ids = np.argpartition(-logits, k - 1)[:k] if k < n else np.arange(n)
+    # Sorted before the stable sort, so equal logits come by id (as the sampler lists them).
+    ids = np.sort(np.argpartition(-logits, k - 1)[:k]) if k < n else np.arange(n)
     ids = ids[np.argsort(-logits[ids], kind="stable")]
     lp1 = log_softmax_rows(logits)
     per_t = [probs_at(logits, t) for t in temperatures]

@@ -191,3 +191,37 @@ def test_hostile_template_is_one_line_through_the_cli(gptcli, tiny_model_factory
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert r.stdout == ""
     assert elapsed < MAX_SECONDS + 10, elapsed
+
+
+def test_chat_format_passes_add_generation_prompt_on():
+    plain = ChatFormat(None)
+    assert plain.render(CONVERSATION[:2], add_generation_prompt=False) == "Be brief.\n\nUser: Hi\n"
+    fmt = ChatFormat(TINY_CHAT_TEMPLATE)
+    assert fmt.render(CONVERSATION[:2], add_generation_prompt=False).endswith("Hi<|im_end|>\n")
+    assert fmt.render(CONVERSATION[:2]).endswith("<|im_start|>assistant\n")
+
+
+def test_block_whitespace_keyword_calls_and_filters_render_as_jinja_documents():
+    # A template laid out on lines, as real ones are: trim_blocks and lstrip_blocks on.
+    template = (
+        "{% set ns = namespace(n=0) %}\n"
+        "    {% for m in messages %}\n"
+        "{% set ns.n = ns.n + 1 %}\n"
+        "{{ m.role }}\n"
+        "    {% endfor %}\n"
+        "{{ ns.n }}|{{ 3 * 4 }}|{{ {'a': [1]} | tojson(indent=2) }}|"
+        "{{ strftime_now('%Y-%m') }}|{{ bos_token }}{{ eos_token }}."
+    )
+    out = render_template(template, CONVERSATION[:2])
+    month = time.strftime("%Y-%m")
+    assert out == f'system\nuser\n2|12|{{\n  "a": [\n    1\n  ]\n}}|{month}|.'
+
+
+def test_refusal_messages_are_exact():
+    assert refusal("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}") == (
+        "the model's chat template recursed too deeply; refused"
+    )
+    assert (
+        refusal("{{ 1 // 0 }}")
+        == "the model's chat template failed: integer division or modulo by zero"
+    )

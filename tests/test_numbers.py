@@ -116,3 +116,17 @@ def test_score_tokens_in_windows_equals_llama_cpp_python(tiny_model):
     assert scores.mean_surprisal_bits() == pytest.approx(-np.mean(want) / math.log(2), rel=1e-3)
     worst = sorted(range(1, len(tokens)), key=lambda i: (want[i - 1], i))[:3]
     assert scores.least_likely(3) == worst
+
+
+def test_next_tokens_top_k_of_many_and_ties_by_id():
+    rng = np.random.default_rng(9)
+    logits = rng.standard_normal(1000)
+    nt = next_tokens(logits, 10, [1.0])
+    assert [c.id for c in nt.candidates] == np.argsort(-logits, kind="stable")[:10].tolist()
+    tied = np.full(200, -1.0)
+    top = np.sort(rng.choice(200, size=40, replace=False))
+    tied[top] = 5.0  # forty equal maxima: listed in id order
+    assert [c.id for c in next_tokens(tied, 40, [1.0]).candidates] == top.tolist()
+    # float32 logits give the same numbers as float64 ones.
+    as32 = next_tokens(logits.astype(np.float32), 3, [1.0])
+    assert as32.candidates[0].probs[0] == pytest.approx(nt.candidates[0].probs[0], rel=1e-6)

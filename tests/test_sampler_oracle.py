@@ -352,3 +352,41 @@ def test_alternatives_mark_cut_candidates_and_the_rank_drawn(gptcli, json_tokens
             assert (s == "cut") == (a["logprob"] is None), (line, a)
     assert any(r > 1 for r in ranks), "at T=1.3 some token should not be the most likely"
     assert any("cut" in ln for ln in lines)
+
+
+# -- the alternatives reported with a draw ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings_",
+    [
+        dict(temperature=1.4, top_k=0, top_p=1.0, min_p=0.0),  # nothing cut
+        dict(temperature=0.8, top_k=4, top_p=1.0, min_p=0.0),  # fewer kept than asked
+        dict(temperature=1.2, top_k=0, top_p=0.7, min_p=0.05, repeat_penalty=1.3),
+    ],
+)
+def test_alternatives_carry_the_oracles_probabilities(settings_):
+    rng = np.random.default_rng(21)
+    sampler = Sampler(SamplingParams(seed=3, **settings_), 3000)
+    params = sampler.params
+    for step in range(3):  # the same sampler again: no state left from the step before
+        logits = (rng.standard_normal(3000) * 3).astype(np.float32)
+        history = rng.integers(0, 3000, size=20).tolist()
+        draw = sampler.sample(logits, history, n_top=10, model_probs=True)
+        kept, probs, _ = llama_cpp_chain(logits, history, params)
+        oracle = as_map(kept, probs)
+        x = logits.astype(np.float64)
+        if params.repeat_penalty != 1.0:
+            ids = np.unique(history)
+            x[ids] = np.where(
+                x[ids] > 0, x[ids] / params.repeat_penalty, x[ids] * params.repeat_penalty
+            )
+        assert [a.id for a in draw.top] == np.argsort(-x, kind="stable")[:10].tolist(), step
+        model = logits.astype(np.float64) - np.logaddexp.reduce(logits.astype(np.float64))
+        for a in draw.top:
+            assert a.model_logprob == pytest.approx(model[a.id], abs=1e-5)
+            if a.id in oracle:
+                assert a.logprob == pytest.approx(math.log(oracle[a.id]), abs=1e-4), (step, a)
+            else:
+                assert a.logprob is None, (step, a)
+        assert draw.model_logprob == pytest.approx(model[draw.token], abs=1e-5)
