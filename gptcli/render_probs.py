@@ -234,7 +234,7 @@ class ProbsRenderer:
         return text
 
     def forced_mark(self, event: TokenEvent) -> str:
-        """`⟨wanted \\n 0.41⟩`: a grammar refused the model's own draw here."""
+        """`⟨wanted ↵ 0.41⟩`: a grammar refused the model's own draw here."""
         forced = event.forced
         name = self._text(forced.wanted) if self._piece else f"#{forced.wanted}"
         return f"⟨wanted {name} {fmt_prob(forced.wanted_prob)}⟩"

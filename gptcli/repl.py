@@ -85,6 +85,7 @@ class Repl:
         self.max_tokens = max_tokens
         self.stops = list(stops or [])
         self.interactive = interactive
+        self.grammar = None  # engine.Grammar every reply must match (--json-schema ...)
         self.probs = False
         self.last: LastReply | None = None
         self.exit_code = ExitCode.OK
@@ -268,6 +269,8 @@ class Repl:
         if not self.interactive and self._replies:
             sys.stdout.write("\n")  # a blank line between replies
         renderer = self._renderer()
+        if self.grammar is not None:
+            self.grammar.reset()  # each reply is one document of its own
         generation = Generation(
             engine,
             prepared.tokens,
@@ -276,6 +279,7 @@ class Repl:
             self.stops,
             n_top=getattr(renderer, "n_top", 0),
             model_probs=getattr(renderer, "model_probs", False),
+            grammar=self.grammar,
         )
         released: list[str] = []
         finish: Finish | None = None

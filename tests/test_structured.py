@@ -27,6 +27,7 @@ from gptcli.constraints import (
 from gptcli.engine import Engine, EngineOptions, Grammar
 from gptcli.errors import UsageError
 from gptcli.generation import Generation, TokenEvent
+from gptcli.render_probs import token_label
 from gptcli.sampling import Sampler, SamplingParams
 
 REVIEW = {
@@ -314,7 +315,8 @@ def test_probs_marks_where_the_grammar_overruled_the_model(smollm2):
     assert r.returncode == 0, r.stderr
     # The first token, its probability in the masked distribution, then what the model
     # wanted there (a newline, which JSON cannot start with).
-    first, _, rest = r.stdout.partition("⟨wanted \\n ")
+    newline = token_label(b"\n")  # the notation every view uses for a newline
+    first, _, rest = r.stdout.partition(f"⟨wanted {newline} ")
     assert re.fullmatch(r"\S+\[[01]\.\d\d\]", first), r.stdout
     assert re.match(r"[01]\.\d\d⟩", rest), r.stdout
 
