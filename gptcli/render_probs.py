@@ -103,6 +103,25 @@ def token_label(piece: bytes) -> str:
     return "".join(out)
 
 
+def out_width(out: TextIO) -> int | None:
+    """The terminal's width when `out` is one; None (no limit) for a pipe."""
+    import os
+
+    try:
+        return os.get_terminal_size(out.fileno()).columns if out.isatty() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def fold(text: str, width: int | None, indent: str = "") -> str:
+    """Break a plain line at spaces to fit `width` (None: as it is)."""
+    if width is None or len(text) <= width:
+        return text
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent=indent))
+
+
 def token_text(piece: bytes) -> str:
     """A token's exact bytes as text; bytes of an unfinished UTF-8 character as \\xNN."""
     return piece.decode("utf-8", errors="backslashreplace")
@@ -163,7 +182,8 @@ def legend(use_model_probs: bool = False) -> None:
     from gptcli.render import stderr_console
 
     kind = "model (softmax of the raw logits)" if use_model_probs else "sampled distribution"
-    line = Text(f"probability ({kind}): ", style="dim")
+    console = stderr_console()
+    line = Text(f"probability ({kind}):", style="dim")
     for i, (lo, name, style) in enumerate(BANDS):
         hi = BANDS[i - 1][0] if i else None
         if hi is None:
@@ -172,9 +192,15 @@ def legend(use_model_probs: bool = False) -> None:
             span = f"< {hi:.2f}"
         else:
             span = f"{lo:.2f}–{hi:.2f}"
-        line.append(f"{name} {span}", style=style)
-        line.append("  ")
-    stderr_console().print(line, soft_wrap=True)
+        band_text = f"{name} {span}"
+        # a narrow terminal breaks the line between bands, never inside one
+        if console.is_terminal and len(line.plain) + 2 + len(band_text) > console.width:
+            console.print(line, soft_wrap=True)
+            line = Text("  ")
+        else:
+            line.append("  ")
+        line.append(band_text, style=style)
+    console.print(line, soft_wrap=True)
 
 
 class ProbsRenderer:
@@ -483,6 +509,8 @@ class NextChart:
         if step:
             lines.append("")
         head = f"step {step + 1}: after {position} tokens"
+        width = out_width(self.out)
+        room = None if width is None else width - (3 + 2 + w + 2 + 8 + 2)
         if single:
             t = temps[0]
             head += f" · T={_fmt_t(t)}"
@@ -490,14 +518,17 @@ class NextChart:
                 head += f" · entropy {dist.entropy_bits[0]:.3f} bits"
             lines.append(p.faint(head))
             lines.append(p.faint(f"{'#':>3}  {_pad('token', w)}  {'prob':>6}  {'logprob':>8}  cum"))
+            # the bar takes what the terminal leaves after the numbers, up to 30
+            bar_w = 30 if room is None else max(0, min(30, room - 17))
             for i, (c, name) in enumerate(zip(dist.candidates, names, strict=True), 1):
                 q = c.probs[0]
                 lines.append(
                     f"{i:>3}  {p.style(_pad(name, w), q)}  {q:6.4f}  {c.logprob:8.3f}  "
-                    f"{c.cumulative[0]:5.3f}  {p.style(bar(q, 30), q)}"
+                    f"{c.cumulative[0]:5.3f}  {p.style(bar(q, bar_w), q) if bar_w >= 4 else ''}"
                 )
         else:
-            col = 20
+            # one column per temperature, narrowed (bars first) to fit the terminal
+            col = 20 if room is None else max(11, min(20, room // len(temps)))
             lines.append(p.faint(head))
             lines.append(
                 p.faint(
@@ -520,7 +551,8 @@ class NextChart:
             for i, (c, name) in enumerate(zip(dist.candidates, names, strict=True), 1):
                 cells = [f"{i:>3}  {_pad(name, w)}  {c.logprob:8.3f}  "]
                 for q in c.probs:
-                    cells.append(f"{q:6.4f} " + p.style(bar(q, col - 8), q) + " ")
+                    shown = p.style(bar(q, col - 8), q) if col - 8 >= 3 else _pad("", col - 8)
+                    cells.append(f"{q:6.4f} " + shown + " ")
                 lines.append("".join(cells).rstrip())
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
@@ -640,9 +672,12 @@ def score_text(
             )
     lines.append("")
     lines.append(
-        f"perplexity {scores.perplexity():.3f} · mean surprisal "
-        f"{scores.mean_surprisal_bits():.3f} bits/token · {len(scores.scored)} tokens scored "
-        "(the first has no context)"
+        fold(
+            f"perplexity {scores.perplexity():.3f} · mean surprisal "
+            f"{scores.mean_surprisal_bits():.3f} bits/token · {len(scores.scored)} tokens "
+            "scored (the first has no context)",
+            out_width(out),
+        )
     )
     out.write("\n".join(lines) + "\n")
     out.flush()
