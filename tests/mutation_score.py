@@ -2,7 +2,8 @@
 
 A mutant is killed when a test failed on it (or it timed out: an endless loop the tests
 noticed); survived when every selected test passed; "no tests" when no selected test
-ran its function. The score is killed / (killed + survived + no tests)."""
+ran its function; "not run" when the run was stopped before it. The score is
+killed / (killed + survived + no tests)."""
 
 from __future__ import annotations
 
@@ -27,18 +28,21 @@ def main() -> int:
         if module == "gptcli.hub" and not func.startswith(HUB_VERIFY):
             continue
         counts[module][status] += 1
-        if status not in KILLED:
+        if status not in KILLED and status != "not checked":
             survivors.append(line.strip())
     print(
-        f"{'module':<24} {'mutants':>7} {'killed':>6} {'survived':>8} {'no tests':>8} {'score':>6}"
+        f"{'module':<24} {'mutants':>7} {'not run':>7} {'killed':>6} {'survived':>8} "
+        f"{'no tests':>8} {'score':>6}"
     )
     for module in sorted(counts):
         c = counts[module]
         total = sum(c.values())
+        run = total - c["not checked"]  # an interrupted run leaves some unchecked
         killed = sum(c[s] for s in KILLED)
+        score = f"{100 * killed / run:>5.1f}%" if run else "  -   "
         print(
-            f"{module:<24} {total:>7} {killed:>6} {c['survived']:>8} {c['no tests']:>8} "
-            f"{100 * killed / total:>5.1f}%"
+            f"{module:<24} {total:>7} {c['not checked']:>7} {killed:>6} {c['survived']:>8} "
+            f"{c['no tests']:>8} {score}"
         )
     if survivors:
         print("\nnot killed (`mutmut show NAME` prints the change):")

@@ -369,8 +369,14 @@ def test_alternatives_carry_the_oracles_probabilities(settings_):
     rng = np.random.default_rng(21)
     sampler = Sampler(SamplingParams(seed=3, **settings_), 3000)
     params = sampler.params
+    logits = (rng.standard_normal(3000) * 3).astype(np.float32)
     for step in range(3):  # the same sampler again: no state left from the step before
-        logits = (rng.standard_normal(3000) * 3).astype(np.float32)
+        if step:
+            # The four most likely swap places with the next four: kept a step ago, now
+            # ranked 5 to 8 (cut by top-k 4), still among the ten alternatives shown.
+            o = np.argsort(-logits, kind="stable")
+            logits = logits.copy()
+            logits[o[:4]], logits[o[4:8]] = logits[o[4:8]].copy(), logits[o[:4]].copy()
         history = rng.integers(0, 3000, size=20).tolist()
         draw = sampler.sample(logits, history, n_top=10, model_probs=True)
         kept, probs, _ = llama_cpp_chain(logits, history, params)
