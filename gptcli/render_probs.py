@@ -183,6 +183,7 @@ def legend(use_model_probs: bool = False) -> None:
 
     kind = "model (softmax of the raw logits)" if use_model_probs else "sampled distribution"
     console = stderr_console()
+    width = out_width(sys.stderr)
     line = Text(f"probability ({kind}):", style="dim")
     for i, (lo, name, style) in enumerate(BANDS):
         hi = BANDS[i - 1][0] if i else None
@@ -194,7 +195,7 @@ def legend(use_model_probs: bool = False) -> None:
             span = f"{lo:.2f}–{hi:.2f}"
         band_text = f"{name} {span}"
         # a narrow terminal breaks the line between bands, never inside one
-        if console.is_terminal and len(line.plain) + 2 + len(band_text) > console.width:
+        if width is not None and len(line.plain) + 2 + len(band_text) > width:
             console.print(line, soft_wrap=True)
             line = Text("  ")
         else:

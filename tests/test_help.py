@@ -170,3 +170,61 @@ def test_one_token_notation_in_every_view(gptcli):
     assert "␣Cat" in r.stdout and "' Cat'" not in r.stdout  # not a Python repr
     r = gptcli("tokenize", " Cat")
     assert "␣Cat" in r.stdout
+
+
+@pytest.mark.parametrize("columns", [60, 200])
+def test_next_score_and_the_legend_do_not_wrap_in_a_real_terminal(tmp_path, columns):
+    import shutil
+    import time
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    sock = str(tmp_path / "tmux.sock")
+    script = tmp_path / "run.sh"
+    py = sys.executable
+    script.write_text(
+        f"{py} -m gptcli next -t 0.5,1,2 --top 3 'The capital of France is'\n"
+        f"echo 'The capital of France is Paris.' | {py} -m gptcli score --worst 2\n"
+        f"{py} -m gptcli generate --probs --raw -t 0 -n 2 'The sky is'\n"
+        "echo DONE-DONE\n"
+    )
+    env = " ".join(f"{k}={shlex_quote(v)}" for k, v in clean_env().items() if k != "NO_COLOR")
+    tmux = ["tmux", "-S", sock, "-f", "/dev/null"]
+    subprocess.run(
+        [
+            *tmux,
+            "new-session",
+            "-d",
+            "-x",
+            str(columns),
+            "-y",
+            "60",
+            f"env {env} sh {script}; sleep 30",
+        ],
+        check=True,
+    )
+    try:
+        deadline = time.time() + 240
+        screen = ""
+        while time.time() < deadline and "DONE-DONE" not in screen:
+            time.sleep(1)
+            screen = subprocess.run(
+                [*tmux, "capture-pane", "-p"], capture_output=True, text=True
+            ).stdout
+        joined = subprocess.run(
+            [*tmux, "capture-pane", "-pJ"], capture_output=True, text=True
+        ).stdout
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    assert "DONE-DONE" in screen, screen
+    assert "␣Paris" in screen and "perplexity" in screen and "low < 0.30" in screen
+    # -J joins the lines the terminal wrapped: equal means nothing wrapped
+    assert [ln.rstrip() for ln in screen.splitlines()] == [
+        ln.rstrip() for ln in joined.splitlines()
+    ], screen
+
+
+def shlex_quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)
