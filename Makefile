@@ -23,6 +23,9 @@ demo: $(STAMP)
 	$(VENV)/bin/gptcli generate --stats "$(PROMPT)"
 
 test: $(STAMP)
+	@# GPTCLI_BUILD_LLAMA_SERVER=1: build llama.cpp's llama-server once (about 8 minutes) so the
+	@# tests against it run; otherwise they use a cached build or are skipped.
+	@if [ -n "$(GPTCLI_BUILD_LLAMA_SERVER)" ]; then $(PY) tests/llama_server_build.py; fi
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

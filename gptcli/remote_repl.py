@@ -17,10 +17,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from gptcli.backends.remote import NO_LOGPROBS, RemoteBackend
 from gptcli.conversation import TRANSCRIPT_FORMAT, TRANSCRIPT_VERSION, Conversation, Prepared
 from gptcli.errors import UsageError
 from gptcli.generation import Finish
-from gptcli.remote import NO_LOGPROBS, RemoteServer
 from gptcli.render import notice, stderr_console
 from gptcli.repl import LastReply, Repl
 from gptcli.sampling import SamplingParams
@@ -64,7 +64,7 @@ class RemoteRepl(Repl):
 
     def __init__(
         self,
-        server: RemoteServer,
+        server: RemoteBackend,
         conversation: RemoteConversation,
         params: SamplingParams,
         **kwargs,
@@ -203,7 +203,7 @@ class RemoteRepl(Repl):
 
 
 def run_remote_chat(
-    server: RemoteServer,
+    server: RemoteBackend,
     params: SamplingParams,
     *,
     system: str | None,

@@ -29,6 +29,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# llama_cpp.server with llama.cpp's extra buffer types off, as engine.py loads models:
+# the repacked AMX kernels that -march=native builds trap (invalid opcode) on VMs
+# that list AMX but do not enable it, and without them the numbers match the engine's.
+_NO_EXTRA_BUFFERS = """
+import runpy
+import llama_cpp.llama_cpp as llama_cpp
+_default = llama_cpp.llama_model_default_params
+def _params():
+    p = _default()
+    p.use_extra_bufts = False
+    return p
+llama_cpp.llama_model_default_params = _params
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
 class LlamaServer:
     """`python -m llama_cpp.server` serving one model, started once and reused."""
 
@@ -38,7 +54,7 @@ class LlamaServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(f"/tmp/gptcli-llama-server-{self.port}.log"), "wb")  # noqa: SIM115
-        args = [sys.executable, "-m", "llama_cpp.server", "--model", str(model)]
+        args = [sys.executable, "-c", _NO_EXTRA_BUFFERS, "--model", str(model)]
         args += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048"]
         # gptcli's engine lets llama.cpp choose flash attention (on, on a CPU); the
         # server's default is off, which moves log probabilities by ~1e-2.
@@ -193,6 +209,102 @@ class FaultServer:
 
     def url(self, mode: str) -> str:
         return f"http://127.0.0.1:{self.port}/{mode}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class NativeLlamaServer:
+    """llama.cpp's own `llama-server` (built by llama_server_build.py) on one model,
+    with 4 slots and the local engine's settings (flash attention on, 2 threads)."""
+
+    def __init__(self, binary: Path, model: Path, slots: int = 4, *extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(f"/tmp/gptcli-native-server-{self.port}.log"), "wb")  # noqa: SIM115
+        args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port)]
+        args += ["-np", str(slots), "-c", str(2048 * slots), "-fa", "on", "-t", "2"]
+        args += ["--no-webui", "-nr", *extra]  # -nr: no extra buffers, as engine.py
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        atexit.register(self.stop)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited: see {self.log.name}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"llama-server did not start: see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "servers"
+
+
+class _ReplayHandler(BaseHTTPRequestHandler):
+    """Serves tests/fixtures/servers/NAME.json at http://127.0.0.1:PORT/NAME/...:
+    each recorded `METHOD /path` answered with its recorded status and body."""
+
+    protocol_version = "HTTP/1.1"
+    requests: list = []  # (fixture, method, path, body) as received, for the tests
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        name, _, rest = self.path.strip("/").partition("/")
+        path = "/" + rest
+        type(self).requests.append((name, method, path, json.loads(raw) if raw else None))
+        try:
+            fixture = json.loads((FIXTURES / f"{name}.json").read_text())
+            reply = fixture["responses"][f"{method} {path}"]
+        except (OSError, KeyError):
+            reply = {"status": 404, "content_type": "text/plain", "body": "Not Found"}
+        body = reply["body"].encode("utf-8")
+        self.send_response(reply["status"])
+        self.send_header("Content-Type", reply.get("content_type", "application/json"))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._answer("GET")
+
+    def do_POST(self):
+        self._answer("POST")
+
+
+class ReplayServer:
+    """A loopback server that replays recorded server replies (SSE included)."""
+
+    def __init__(self) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ReplayHandler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, fixture: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{fixture}"
+
+    @property
+    def requests(self) -> list:
+        return _ReplayHandler.requests
 
     def stop(self) -> None:
         self.httpd.shutdown()

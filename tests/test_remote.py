@@ -13,7 +13,7 @@ from serverfixture import free_port
 
 from gptcli.errors import GptcliError
 from gptcli.generation import Finish, TokenEvent
-from gptcli.remote import RemoteServer
+from gptcli.backends.remote import RemoteBackend
 from gptcli.sampling import SamplingParams
 
 PROMPT = "The capital of France is"
@@ -30,7 +30,7 @@ def events(gen) -> tuple[list[TokenEvent], Finish]:
 
 
 def test_completion_streams_tokens_with_the_models_logprobs(server):
-    tokens, finish = events(RemoteServer(server.url).complete(PROMPT, GREEDY, 3, n_top=3))
+    tokens, finish = events(RemoteBackend(server.url).complete(PROMPT, GREEDY, 3, n_top=3))
     assert "".join(t.text for t in tokens) == " Paris.\n"
     first = tokens[0].draw
     # FACTS.md: " Paris" 0.7677 is the raw softmax on llama.cpp's default attention;
@@ -45,7 +45,7 @@ def test_completion_streams_tokens_with_the_models_logprobs(server):
 
 def test_chat_applies_the_servers_template(server):
     tokens, finish = events(
-        RemoteServer(server.url).chat([{"role": "user", "content": "Hi"}], GREEDY, 4)
+        RemoteBackend(server.url).chat([{"role": "user", "content": "Hi"}], GREEDY, 4)
     )
     assert "".join(t.text for t in tokens).startswith("Hello")
     assert finish.reason == "length"
@@ -55,8 +55,9 @@ def test_next_steps_match_the_local_distribution(server, smollm2):
     from gptcli.distribution import next_tokens
     from gptcli.engine import Engine
 
-    remote = RemoteServer(server.url)
-    steps = remote.next_steps(PROMPT, 3, steps=1).steps
+    remote = RemoteBackend(server.url)
+    walk = remote.next_steps(PROMPT, chat=False, system=None, top=3, steps=1, temperatures=[1.0])
+    steps = [[(c.id, c.logprob) for c in step.dist.candidates] for step in walk]
     with Engine(smollm2) as engine:
         logits = engine.prefill(engine.tokenize(PROMPT, add_bos=False)).copy()
         local = next_tokens(logits, 3, [1.0])
@@ -70,7 +71,7 @@ def test_score_refuses_shifted_echo_logprobs(server):
     # llama-cpp-python 0.3 echoes prompt logprobs one token off for models without a
     # BOS token (SmolLM2): those numbers belong to other tokens and must not be shown.
     with pytest.raises(GptcliError, match="standard alignment"):
-        RemoteServer(server.url).prompt_logprobs(PROMPT)
+        RemoteBackend(server.url).score(PROMPT)
 
 
 # -- the CLI -----------------------------------------------------------------------

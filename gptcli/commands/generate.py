@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -9,7 +10,10 @@ from typer.core import TyperCommand
 
 from gptcli.commands.options import (
     CtxOpt,
+    FormatOpt,
     GpuLayersOpt,
+    GrammarOpt,
+    JsonSchemaOpt,
     MaxTokensOpt,
     MinPOpt,
     ModelOpt,
@@ -24,6 +28,7 @@ from gptcli.commands.options import (
     TopPOpt,
     VerboseOpt,
 )
+from gptcli.errors import GptcliError
 
 
 def generate(
@@ -75,6 +80,9 @@ def generate(
         typer.Option("--json", help="JSON Lines: one object per token, then a summary."),
     ] = False,
     server: ServerOpt = None,
+    json_schema: JsonSchemaOpt = None,
+    output_format: FormatOpt = None,
+    grammar: GrammarOpt = None,
     each_line: Annotated[
         bool,
         typer.Option(
@@ -86,117 +94,151 @@ def generate(
     jobs: Annotated[
         int,
         typer.Option(
-            "-j", "--jobs", metavar="N", help="With --each-line --server: N requests in flight."
+            "-j",
+            "--jobs",
+            metavar="N",
+            help="With --each-line: N lines in flight (batched locally, requests with --server).",
         ),
     ] = 1,
 ) -> None:
     """Generate text from PROMPT (and piped stdin), streaming tokens to stdout."""
+    from gptcli.backends import open_backend
+    from gptcli.backends.base import Request, lacking
     from gptcli.commands.options import (
         check_max_tokens,
-        load_engine,
+        constraint_from,
         read_input,
         sampling_params,
     )
     from gptcli.errors import Terminated
-    from gptcli.generation import Generation, TokenEvent
-    from gptcli.prompting import chat_format, chat_prompt, messages_for, raw_prompt
-    from gptcli.render import TextRenderer, notice, print_stats
-    from gptcli.sampling import Sampler
+    from gptcli.generation import TokenEvent
+    from gptcli.render import TextRenderer, notice
 
     params = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+    constraint = constraint_from(json_schema, output_format, grammar)  # before any loading
     check_max_tokens(max_tokens)
+    probs = probs or (probs_kind == "model" and not json_out)  # asking which implies --probs
     use_model_probs = check_probs_options(probs, probs_kind, alternatives, json_out)
     if each_line or jobs != 1:
-        from gptcli.commands.remote_run import check_each_line
-
         check_each_line(each_line, jobs, server, probs, json_out)
-    if server:
-        from gptcli.commands import remote_run
-
-        remote_run.ignored_local_options(ctx, threads, gpu_layers, verbose)
-        remote = remote_run.connect(server, model)
-        request = remote_run.RemoteRequest(raw, system, params, max_tokens, list(stop or []))
-        if each_line:
-            return remote_run.each_line_remote(remote, prompt, request, jobs)
-        return remote_run.generate_remote(
-            remote,
-            read_input(prompt),
-            request,
-            probs=probs,
-            probs_kind_given=probs_kind != "model",
-            alternatives=alternatives,
-            json_out=json_out,
-            stats=stats,
-        )
     text = None if each_line else read_input(prompt)
-    engine = load_engine(model, ctx, threads, gpu_layers, verbose)
-    stops = list(stop or [])
+    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose)
+    request = Request(text or "", raw, system, params, max_tokens, tuple(stop or ()))
+    if constraint is not None:
+        from gptcli.backends.base import require
+
+        require(backend, "grammar", f"drop {constraint.option}", exit_code=2)
+        request = replace(request, constraint=constraint)
     if each_line:
-        from gptcli.commands.remote_run import each_line_local, local_generation
+        from gptcli.backends.lines import input_lines, print_in_order
 
-        return each_line_local(
-            lambda line: local_generation(engine, line, raw, system, params, max_tokens, stops),
-            prompt,
+        if probs or json_out:  # one JSON object per line (a local model: checked above)
+            from gptcli.errors import UsageError
+            from gptcli.render_probs import write_lines_json
+
+            if constraint is not None:
+                raise UsageError("--each-line with a grammar prints text only: drop --probs/--json")
+
+            k = 5 if alternatives is None else alternatives
+            request = replace(request, n_top=min(k, backend.n_vocab), model_probs=True)
+            results = backend.each_line_results(input_lines(), prompt, request, jobs)
+            return write_lines_json(results, backend.piece, request.n_top)
+        texts = backend.each_line(input_lines(), prompt, request, jobs)
+        if constraint is not None:
+            from gptcli.constraints import one_document_per_line
+
+            texts = one_document_per_line(texts, constraint, max_tokens)
+        return print_in_order(texts)
+    n_vocab = backend.n_vocab
+    if alternatives is not None and n_vocab is not None and alternatives > n_vocab - 1:
+        raise_alternatives(alternatives, n_vocab - 1)
+    if (
+        probs
+        and not use_model_probs
+        and lacking(
+            backend, "sampled_distribution", "showing the model's probabilities (--probs=model)"
         )
-    if raw:
-        if system:
-            notice("--system is ignored with --raw")
-        tokens = raw_prompt(engine, text)
-    else:
-        fmt = chat_format(engine)
-        if fmt.template is None:
-            from gptcli.chat_template import PLAIN_NOTICE
-
-            notice(PLAIN_NOTICE + " (--raw for plain completion)")
-        tokens = chat_prompt(engine, messages_for(text, system), fmt)
-        stops += fmt.stops
-    if not tokens:
-        raise_empty()
-    if alternatives is not None and alternatives > engine.n_vocab - 1:
-        raise_alternatives(alternatives, engine.n_vocab - 1)
+    ):
+        use_model_probs = True
     if json_out:
         from gptcli.render_probs import JsonRenderer
 
         k = 5 if alternatives is None else alternatives
-        renderer = JsonRenderer(engine.piece, n_top=min(k, engine.n_vocab))
+        renderer = JsonRenderer(backend.piece, n_top=min(k, n_vocab or k))
     elif probs:
         from gptcli.render_probs import ProbsRenderer, legend
 
         renderer = ProbsRenderer(
-            use_model_probs=use_model_probs, alternatives=alternatives or 0, piece=engine.piece
+            use_model_probs=use_model_probs, alternatives=alternatives or 0, piece=backend.piece
         )
         if renderer.colour:
             legend(use_model_probs)
     else:
         renderer = TextRenderer()
-    n_top = getattr(renderer, "n_top", 0)
-    generation = Generation(
-        engine,
-        tokens,
-        Sampler(params, engine.n_vocab),
-        max_tokens,
-        stops,
-        n_top=n_top,
-        model_probs=getattr(renderer, "model_probs", False),
+    generation = backend.start(
+        replace(
+            request,
+            n_top=getattr(renderer, "n_top", 0),
+            model_probs=getattr(renderer, "model_probs", False),
+            sampled_probs=probs and not use_model_probs,
+        )
     )
     finish = None
+    warned = False
     try:
         for event in generation:
-            if isinstance(event, TokenEvent):
-                renderer.token(event)
-            else:
+            if not isinstance(event, TokenEvent):
                 finish = event
+                continue
+            if (probs or json_out) and not warned and _no_numbers(event.draw, use_model_probs):
+                # A server that sent no log probabilities: the text, never invented numbers.
+                from gptcli.backends.remote import NO_LOGPROBS
+
+                warned = True
+                notice(NO_LOGPROBS.format(what="printing the text without them"))
+                if probs:
+                    renderer = TextRenderer()
+            renderer.token(event)
     except (KeyboardInterrupt, Terminated):
         # Ctrl-C or SIGTERM: end the partial text cleanly; the CLI sets the exit code.
         renderer.finish(None)
         if stats:
-            print_stats(generation.finish("interrupted"))
+            backend.print_stats(generation.finish("interrupted"))
+        raise
+    except GptcliError:
+        renderer.finish(None)  # what was printed stays, ending its line
         raise
     renderer.finish(finish)
     if finish.reason == "context":
-        notice(f"stopped: the context is full ({engine.n_ctx} tokens); raise --ctx for more")
+        notice(f"stopped: the context is full ({backend.n_ctx} tokens); raise --ctx for more")
     if stats:
-        print_stats(finish)
+        backend.print_stats(finish)
+    if constraint is not None:
+        from gptcli.constraints import check_complete
+
+        check_complete(finish, constraint, max_tokens)
+
+
+def _no_numbers(draw, model: bool) -> bool:
+    """True when a token came with no probability to show (a server that sent none)."""
+    import math
+
+    if model:
+        return draw.model_logprob is None
+    return draw.model_logprob is None and math.isnan(draw.prob)
+
+
+def check_each_line(
+    each_line: bool, jobs: int, server: str | None, probs: bool, json_out: bool
+) -> None:
+    from gptcli.errors import UsageError
+
+    if not each_line:
+        raise UsageError("-j needs --each-line")
+    if jobs < 1:
+        raise UsageError(f"-j must be at least 1, got {jobs}")
+    if (probs or json_out) and server:
+        raise UsageError("--each-line --server prints text only: drop --probs/--json")
 
 
 PROBS_KINDS = ("sampled", "model")
@@ -224,12 +266,6 @@ def raise_alternatives(k: int, most: int) -> None:
     from gptcli.errors import UsageError
 
     raise UsageError(f"--alternatives must be at most {most} (the vocabulary), got {k}")
-
-
-def raise_empty() -> None:
-    from gptcli.errors import UsageError
-
-    raise UsageError("the prompt tokenizes to nothing")
 
 
 class _GenerateCommand(TyperCommand):

@@ -64,13 +64,28 @@ def list_models(
     """Local models: the embedded default, pulled models and GPTCLI_MODEL
     (with --server: the server's models)."""
     if server:
-        from gptcli.commands.remote_run import print_models
-
-        print_models(server)
+        _print_server_models(server)
     elif available:
         _print_catalogue()
     else:
         _print_local()
+
+
+def _print_server_models(url: str) -> None:
+    """`gptcli list --server URL`: the ids of the server's models, one a line."""
+    from gptcli.backends.remote import RemoteBackend
+    from gptcli.render import notice
+
+    server = RemoteBackend(url)
+    import sys
+
+    from gptcli.terminal import Guard, is_terminal
+
+    guard = Guard(is_terminal(sys.stdout))  # ids are the server's text
+    models = server.models()
+    for m in models:
+        print(guard(str(m.get("id", "?"))), flush=True)
+    notice(f"{len(models)} model{'s' if len(models) != 1 else ''} at {server.url.display}")
 
 
 def rm(
@@ -115,11 +130,11 @@ def _table(title: str, columns: list[str], rows: list[list[str]], empty: str) ->
         return
     from rich.table import Table
 
-    from gptcli.terminal import safe
-
     table = Table(title=title, title_justify="left", box=None, header_style="bold")
     for c in columns:
         table.add_column(c, overflow="fold", justify="right" if c in ("SIZE", "PARAMS") else "left")
+    from gptcli.terminal import safe
+
     for row in rows:
         table.add_row(*(safe(c) for c in row))  # names from headers and the hub
     console.print(table, markup=False)

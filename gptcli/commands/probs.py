@@ -9,7 +9,10 @@ import typer
 
 from gptcli.commands.options import (
     CtxOpt,
+    FormatOpt,
     GpuLayersOpt,
+    GrammarOpt,
+    JsonSchemaOpt,
     ModelOpt,
     ServerOpt,
     SystemOpt,
@@ -48,14 +51,17 @@ def next_token(
     gpu_layers: GpuLayersOpt = None,
     verbose: VerboseOpt = False,
     server: ServerOpt = None,
+    json_schema: JsonSchemaOpt = None,
+    output_format: FormatOpt = None,
+    grammar: GrammarOpt = None,
 ) -> None:
     """The next-token distribution after PROMPT: the top K with probability,
-    log-probability and cumulative mass, and the entropy in bits."""
-    from gptcli.commands.options import load_engine, read_input
-    from gptcli.distribution import next_tokens, parse_temperatures
+    log-probability and cumulative mass, and the entropy in bits. Under --json-schema,
+    --format or --grammar: the model's and the masked distribution side by side."""
+    from gptcli.backends import open_backend
+    from gptcli.commands.options import read_input
+    from gptcli.distribution import parse_temperatures
     from gptcli.errors import UsageError
-    from gptcli.prompting import chat_prompt, messages_for, raw_prompt
-    from gptcli.render import notice
 
     try:
         temps = parse_temperatures(temperature)
@@ -65,62 +71,36 @@ def next_token(
         raise UsageError(f"--top must be at least 1, got {top}")
     if steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
+    from gptcli.commands.options import constraint_from
+
+    constraint = constraint_from(json_schema, output_format, grammar)
     text = read_input(prompt, required=prompt is None)
-    if server:
-        from gptcli.commands import remote_run
+    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose)
+    if constraint is not None:
+        from gptcli.backends.base import require
 
-        remote_run.ignored_local_options(ctx, threads, gpu_layers, verbose)
-        return remote_run.next_remote(
-            remote_run.connect(server, model),
-            text,
-            top=top,
-            temperatures=temps,
-            steps=steps,
-            chat=chat,
-            system=system,
-            json_out=json_out,
-        )
-    engine = load_engine(model, ctx, threads, gpu_layers, verbose)
-    if top > engine.n_vocab:
-        raise UsageError(f"--top must be at most {engine.n_vocab} (the vocabulary), got {top}")
-    if chat:
-        tokens = chat_prompt(engine, messages_for(text, system))
-    else:
-        if system:
-            notice("--system is ignored without --chat")
-        tokens = raw_prompt(engine, text)
-    if not tokens:
-        bos = engine.bos_id
-        if not 0 <= bos < engine.n_vocab:
-            raise UsageError("the prompt tokenizes to nothing and the model has no BOS token")
-        tokens = [bos]
-        piece = engine.piece(bos).decode("utf-8", errors="replace")
-        notice(f"empty prompt: showing what follows the BOS token {piece}")
+        require(backend, "full_distribution", f"drop {constraint.option}", exit_code=2)
+    if constraint is not None and not json_out:
+        from gptcli.render_probs import NextMaskedChart
 
-    if json_out:
+        view = NextMaskedChart(backend.piece)
+    elif json_out:
         from gptcli.render_probs import NextJsonWriter
 
-        view = NextJsonWriter(engine.piece)
+        view = NextJsonWriter(backend.piece)
     else:
         from gptcli.render_probs import NextChart
 
-        view = NextChart(engine.piece)
-    logits = engine.prefill(tokens)
-    for step in range(steps):
-        # Copy: the logits are a view into llama.cpp's buffer, valid until the next call.
-        dist = next_tokens(logits.copy(), top, temps)
-        view.step(step, len(tokens), dist)
-        if step + 1 == steps:
-            break
-        chosen = dist.candidates[0].id  # greedy: the most likely token
-        if engine.is_eog(chosen):
-            notice("the most likely next token ends the text: no more steps")
-            break
-        tokens.append(chosen)
-        if engine.n_past >= engine.n_ctx:
-            notice(f"the context is full ({engine.n_ctx} tokens)")
-            break
-        logits = engine.step(chosen)
+        view = NextChart(backend.piece)
+    extra = {"constraint": constraint} if constraint is not None else {}
+    walk = backend.next_steps(
+        text, chat=chat, system=system, top=top, steps=steps, temperatures=temps, **extra
+    )
+    for step, found in enumerate(walk):
+        if found.masked is not None:
+            view.step(step, found.position, found.dist, found.masked)
+        else:
+            view.step(step, found.position, found.dist)
 
 
 def score(
@@ -141,33 +121,23 @@ def score(
 ) -> None:
     """How surprising a text is to the model: each token coloured by its probability
     given all the tokens before it, the least likely ones, perplexity and surprisal."""
+    from gptcli.backends import open_backend
     from gptcli.errors import UsageError
-    from gptcli.scoring import read_text, score_tokens
+    from gptcli.scoring import read_text
 
     if worst < 0:
         raise UsageError(f"--worst must be 0 or more, got {worst}")
     text = read_text(file)
-    if server:
-        from gptcli.commands import remote_run
-
-        remote_run.ignored_local_options(ctx, threads, gpu_layers, verbose)
-        return remote_run.score_remote(remote_run.connect(server, model), text, worst, json_out)
-    from gptcli.commands.options import load_engine
-    from gptcli.prompting import raw_prompt
-
-    engine = load_engine(model, ctx, threads, gpu_layers, verbose)
-    tokens = raw_prompt(engine, text)
-    if len(tokens) < 2:
-        raise UsageError("the text is a single token: nothing to score (a token needs a context)")
-    result = score_tokens(engine, tokens)
+    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose)
+    result = backend.score(text)
     if json_out:
         from gptcli.render_probs import score_json
 
-        score_json(result, engine.piece, worst)
+        score_json(result, backend.piece, worst)
     else:
         from gptcli.render_probs import score_text
 
-        score_text(result, engine.piece, worst, skip=engine.is_control)
+        score_text(result, backend.piece, worst, skip=backend.is_control)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,96 @@
+"""--each-line: stdin's lines as prompts, and replies printed one line each, in order
+(`ordered` runs several at once on threads, for backends that take them)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from gptcli.errors import UsageError
+
+
+def input_lines(stream=None) -> Iterator[str]:
+    """stdin's lines, without their line ends, decoded as UTF-8 one at a time."""
+    stream = stream or sys.stdin
+    src = stream.buffer if hasattr(stream, "buffer") else None
+    for n, raw in enumerate(src if src is not None else stream, 1):
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UsageError(f"stdin line {n} is not valid UTF-8 (byte {e.start})") from None
+        yield raw.rstrip("\r\n")
+
+
+def line_prompt(prefix: str | None, line: str) -> str:
+    """As read_input joins an argument and stdin: PROMPT, a blank line, then the line."""
+    return f"{prefix}\n\n{line}" if prefix else line
+
+
+def ordered(items: Iterable[str], work: Callable[[str], str], jobs: int) -> Iterator[str]:
+    """work(item) for every item, `jobs` at a time on daemon threads, results in input
+    order. The first failure is raised once every result before it has been yielded."""
+    lock = threading.Condition()
+    results: dict[int, tuple[bool, object]] = {}
+    queue: list[tuple[int, str]] = []
+    state = {"fed": 0, "closed": False, "stop": False}
+    source = iter(items)
+
+    def worker() -> None:
+        while True:
+            with lock:
+                while not queue and not state["closed"] and not state["stop"]:
+                    lock.wait()
+                if state["stop"] or (not queue and state["closed"]):
+                    return
+                i, item = queue.pop(0)
+            try:
+                out = (True, work(item))
+            except BaseException as e:  # handed to the main thread, raised there
+                out = (False, e)
+            with lock:
+                results[i] = out
+                lock.notify_all()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(jobs)]
+    for t in threads:
+        t.start()
+    ahead = max(2 * jobs, jobs + 1)  # lines read ahead of the one being printed
+    nxt = 0
+    try:
+        while True:
+            with lock:
+                while not state["closed"] and state["fed"] - nxt < ahead:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        state["closed"] = True
+                        break
+                    queue.append((state["fed"], item))
+                    state["fed"] += 1
+                lock.notify_all()
+                if state["closed"] and nxt >= state["fed"]:
+                    return
+                while nxt not in results:
+                    lock.wait()
+                ok, value = results.pop(nxt)
+            nxt += 1
+            if not ok:
+                raise value
+            yield value
+    finally:
+        with lock:
+            state["stop"] = True  # requests in flight finish on their daemon threads
+            lock.notify_all()
+
+
+def print_in_order(texts: Iterable[str]) -> None:
+    from gptcli.terminal import Guard, is_terminal
+
+    out = sys.stdout
+    guard = Guard(is_terminal(out))  # model or server text: escaped on a terminal
+    for text in texts:
+        # One output line per input line: a reply's own line breaks are written as \n.
+        out.write(guard(text.strip("\n").replace("\n", "\\n")) + "\n")
+        out.flush()

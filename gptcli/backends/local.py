@@ -1,0 +1,248 @@
+"""The local backend: a GGUF model on llama.cpp (engine.py) with gptcli's own sampler.
+
+It has everything: the whole vocabulary's logits at every step (so any temperature,
+the entropy, the distribution actually sampled), token ids, prompt scoring, and the
+internals that lens/attention/explore read from the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+from gptcli.backends.base import Backend, Capabilities, NextStep, Request
+from gptcli.errors import UsageError
+
+LOCAL = Capabilities(
+    full_distribution=True,
+    token_ids=True,
+    sampled_distribution=True,
+    model_logprobs=True,
+    prompt_logprobs=True,
+    internals=True,
+    grammar=True,  # llama.cpp's grammar sampler (engine.Grammar)
+    parallel=True,  # --each-line -j N: several sequences in one context (batching.py)
+)
+
+
+class LocalBackend(Backend):
+    label = "the local model"
+    capabilities = LOCAL
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.name = engine.name
+        self.n_vocab = engine.n_vocab
+        self.n_ctx = engine.n_ctx
+        self._said: set[str] = set()
+
+    def piece(self, token: int) -> bytes:
+        return self.engine.piece(token)
+
+    def is_control(self, token: int) -> bool:
+        return self.engine.is_control(token)
+
+    def _once(self, message: str) -> None:
+        # Notices about the prompt's format are said once, not once per --each-line line.
+        if message not in self._said:
+            self._said.add(message)
+            from gptcli.render import notice
+
+            notice(message)
+
+    def prompt_tokens(self, request: Request) -> tuple[list[int], list[str]]:
+        """The prompt's tokens and the stop strings its format adds."""
+        from gptcli.prompting import chat_format, chat_prompt, messages_for, raw_prompt
+
+        engine = self.engine
+        if request.raw:
+            if request.system:
+                self._once("--system is ignored with --raw")
+            return raw_prompt(engine, request.text), []
+        fmt = chat_format(engine)
+        if fmt.template is None:
+            from gptcli.chat_template import PLAIN_NOTICE
+
+            self._once(PLAIN_NOTICE + " (--raw for plain completion)")
+        tokens = chat_prompt(engine, messages_for(request.text, request.system), fmt)
+        return tokens, list(fmt.stops)
+
+    def start(self, request: Request):
+        from gptcli.generation import Generation
+        from gptcli.sampling import Sampler
+
+        tokens, stops = self.prompt_tokens(request)
+        if not tokens:
+            raise UsageError("the prompt tokenizes to nothing")
+        return Generation(
+            self.engine,
+            tokens,
+            Sampler(request.params, self.engine.n_vocab),
+            request.max_tokens,
+            list(request.stops) + stops,
+            n_top=request.n_top,
+            model_probs=request.model_probs,
+            grammar=self._grammar(request.constraint),
+        )
+
+    def _grammar(self, constraint):
+        """The constraint's grammar, parsed once per backend and rewound for each start."""
+        if constraint is None:
+            return None
+        cached = getattr(self, "_grammars", None)
+        if cached is None:
+            cached = self._grammars = {}
+        grammar = cached.get(constraint.gbnf)
+        if grammar is None:
+            grammar = cached[constraint.gbnf] = constraint.grammar(self.engine)
+        else:
+            grammar.reset()
+        return grammar
+
+    def each_line_results(self, lines, prefix: str | None, request: Request, jobs: int):
+        """--each-line on the batched engine: each line's batching.LineResult in input
+        order, `jobs` lines decoded together; a failed line is one error line on stderr,
+        and a failure once every line is through."""
+        from gptcli.backends.lines import line_prompt
+        from gptcli.batching import BatchSettings, report_failures, run_lines
+
+        def prompt_for(line: str) -> list[int]:
+            return self.prompt_tokens(replace(request, text=line_prompt(prefix, line)))[0]
+
+        _, format_stops = self.prompt_tokens(replace(request, text=prefix or ""))
+        settings = BatchSettings(
+            request.params,
+            request.max_tokens,
+            list(request.stops) + format_stops,
+            n_top=request.n_top,
+            model_probs=request.model_probs,
+            keep_events=bool(request.n_top or request.model_probs),
+        )
+        return report_failures(run_lines(self.engine, lines, jobs, prompt_for, settings))
+
+    def each_line(self, lines, prefix: str | None, request: Request, jobs: int):
+        if request.constraint is not None:  # a grammar sampler follows one sequence
+            if jobs > 1:
+                self._once("with a grammar, local lines run one at a time: -j ignored")
+            return super().each_line(lines, prefix, request, 1)
+        return (r.text for r in self.each_line_results(lines, prefix, request, jobs))
+
+    def next_steps(
+        self,
+        text: str,
+        *,
+        chat: bool,
+        system: str | None,
+        top: int,
+        steps: int,
+        temperatures,
+        constraint=None,
+    ) -> Iterator[NextStep]:
+        from gptcli.distribution import next_tokens
+        from gptcli.prompting import chat_prompt, messages_for, raw_prompt
+        from gptcli.render import notice
+
+        engine = self.engine
+        if top > engine.n_vocab:
+            raise UsageError(f"--top must be at most {engine.n_vocab} (the vocabulary), got {top}")
+        if chat:
+            tokens = chat_prompt(engine, messages_for(text, system))
+        else:
+            if system:
+                notice("--system is ignored without --chat")
+            tokens = raw_prompt(engine, text)
+        if not tokens:
+            bos = engine.bos_id
+            if not 0 <= bos < engine.n_vocab:
+                raise UsageError("the prompt tokenizes to nothing and the model has no BOS token")
+            tokens = [bos]
+            piece = engine.piece(bos).decode("utf-8", errors="replace")
+            notice(f"empty prompt: showing what follows the BOS token {piece}")
+        grammar = self._grammar(constraint)
+        logits = engine.prefill(tokens)
+        from gptcli.sampling import check_logits
+
+        for step in range(steps):
+            check_logits(logits, len(tokens))  # no NaN shown as a probability
+            # Copy: the logits are a view into llama.cpp's buffer, valid until the next call.
+            dist = next_tokens(logits.copy(), top, temperatures)
+            masked = None
+            if grammar is not None:
+                masked = next_tokens(grammar.mask(logits), top, temperatures)
+                # Fewer allowed tokens than --top: the forbidden ones (probability 0) go.
+                kept = tuple(c for c in masked.candidates if c.logprob > float("-inf"))
+                masked = replace(masked, candidates=kept)
+            yield NextStep(len(tokens), dist, masked)
+            if step + 1 == steps:
+                return
+            chosen = (masked or dist).candidates[0].id  # greedy: the most likely token
+            if grammar is not None and not engine.is_eog(chosen):
+                grammar.accept(chosen)
+            if engine.is_eog(chosen):
+                notice("the most likely next token ends the text: no more steps")
+                return
+            tokens.append(chosen)
+            if engine.n_past >= engine.n_ctx:
+                notice(f"the context is full ({engine.n_ctx} tokens)")
+                return
+            logits = engine.step(chosen)
+
+    def score(self, text: str):
+        from gptcli.prompting import raw_prompt
+        from gptcli.scoring import score_tokens
+
+        tokens = raw_prompt(self.engine, text)
+        if len(tokens) < 2:
+            raise UsageError(
+                "the text is a single token: nothing to score (a token needs a context)"
+            )
+        return score_tokens(self.engine, tokens)
+
+    def tokenize(self, text: str) -> list[int]:
+        from gptcli.prompting import raw_prompt
+
+        return raw_prompt(self.engine, text)
+
+    def run_chat(
+        self, params, *, system, saved, resume, max_tokens, stops, interactive, constraint=None
+    ) -> int:
+        """The chat REPL on this model: the conversation stays in llama.cpp's KV cache."""
+        from gptcli.conversation import Conversation
+        from gptcli.prompting import chat_format
+        from gptcli.render import notice
+        from gptcli.repl import Repl
+
+        engine = self.engine
+        fmt = chat_format(engine)
+        if fmt.template is None:
+            from gptcli.chat_template import PLAIN_NOTICE
+
+            notice(PLAIN_NOTICE)
+        conversation = Conversation(engine, fmt, system or None)
+        if saved is not None:
+            saved_system, conversation.messages = saved
+            if system and saved_system and system != saved_system:
+                notice("(--system replaces the resumed conversation's system prompt)")
+            conversation.system = system or saved_system
+        conversation.check_template()  # a hostile or broken template stops here
+        repl = Repl(
+            engine,
+            conversation,
+            params,
+            max_tokens=max_tokens,
+            stops=list(stops) + list(fmt.stops),
+            interactive=interactive,
+        )
+        repl.grammar = self._grammar(constraint)
+        if interactive:
+            notice(
+                f"{engine.name} · context {engine.n_ctx} tokens · "
+                "/help for commands, Ctrl-D to quit"
+            )
+            if saved is not None:
+                notice(f"(resumed {conversation.turns} turns from {resume})")
+                repl.replay()
+        return repl.run()
+
+    def close(self) -> None:
+        self.engine.close()
