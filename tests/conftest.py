@@ -119,3 +119,24 @@ def run_gptcli(
 @pytest.fixture
 def gptcli():
     return run_gptcli
+
+
+def reference_llama(path, **kwargs):
+    """llama-cpp-python's high-level Llama, an oracle for the engine, loaded the way
+    engine.py loads models: without llama.cpp's extra (AMX repacked) weight buffers,
+    which trap with SIGILL on machines that list AMX without enabling it."""
+    import llama_cpp.llama_cpp as low
+    from llama_cpp import Llama
+
+    default = low.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        return Llama(str(path), verbose=False, **kwargs)
+    finally:
+        low.llama_model_default_params = default

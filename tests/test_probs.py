@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import clean_env
+from conftest import clean_env, reference_llama
 
 PROMPT = "The capital of France is"
 MULTIBYTE = "Repeat exactly: 🎉🎉 café 東京 🎉🎉"
@@ -25,9 +25,7 @@ def reference(smollm2):
 
     flash_attn=True because gptcli's engine keeps llama.cpp's default (auto: on for
     this CPU), while Llama() turns it off: the two differ by up to ~0.9 in a logit."""
-    from llama_cpp import Llama
-
-    llm = Llama(str(smollm2), logits_all=True, n_ctx=512, flash_attn=True, verbose=False)
+    llm = reference_llama(smollm2, logits_all=True, n_ctx=512, flash_attn=True)
 
     def logprobs(tokens: list[int]) -> np.ndarray:
         llm.reset()
@@ -251,8 +249,6 @@ def test_score_perplexity_equals_an_independent_computation(gptcli, reference):
 
 
 def test_score_in_windows_gives_each_token_half_a_context_or_more(gptcli, smollm2):
-    from llama_cpp import Llama
-
     text = SCORE_TEXT * 3
     r = gptcli("score", "--json", "--ctx", "32", input=text)
     assert r.returncode == 0, r.stderr
@@ -262,14 +258,8 @@ def test_score_in_windows_gives_each_token_half_a_context_or_more(gptcli, smollm
     # Independently: windows of 32 tokens every 16; a token after the first window
     # is scored in the window where it falls in the second half. The same batch size
     # as the engine's (32), since llama.cpp's numbers move a little with it.
-    llm = Llama(
-        str(smollm2),
-        logits_all=True,
-        n_ctx=32,
-        n_batch=32,
-        n_ubatch=32,
-        flash_attn=True,
-        verbose=False,
+    llm = reference_llama(
+        smollm2, logits_all=True, n_ctx=32, n_batch=32, n_ubatch=32, flash_attn=True
     )
     nll, rows, window = [], None, None
     for i in range(1, len(ids)):
