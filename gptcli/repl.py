@@ -334,10 +334,11 @@ class Repl:
         return handler(arg.strip())
 
     def info(self, text: str) -> None:
-        """Output a command was asked for: stdout, plain text."""
+        """Output a command was asked for: on a terminal, stdout; when stdout is a pipe or
+        a file, stderr, since only the replies are content there."""
         from gptcli.terminal import Guard, is_terminal
 
-        out = sys.stdout
+        out = sys.stdout if is_terminal(sys.stdout) else sys.stderr
         text = Guard(is_terminal(out))(text)  # may quote the conversation: model text
         out.write(text if text.endswith("\n") else text + "\n")
         out.flush()

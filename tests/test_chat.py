@@ -328,7 +328,9 @@ def test_system_sets_shows_and_reaches_the_prompt(gptcli, tiny_model, tmp_path):
         gptcli, tiny_model, tmp_path, ["/system", "/system Answer in French.", "/system", "hi"]
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("(no system prompt)\nAnswer in French.\n")
+    # piped: only replies are content; what a command shows goes to stderr
+    assert "(no system prompt)\n(system prompt set)\nAnswer in French.\n" in r.stderr
+    assert "no system prompt" not in r.stdout
     assert saved["system"] == "Answer in French."
     # The new system prompt is part of the evaluated prompt: more tokens than without it.
     chat = ("chat", "-m", str(tiny_model), "-n", "1")
@@ -356,8 +358,8 @@ def test_seed_makes_a_reply_repeatable_and_another_seed_changes_it(gptcli, tiny_
         "chat", "-m", str(tiny_model), "-n", "8", "-t", "1.5", "--seed", "6", input="hello\n"
     )
     assert reply("/temp 1.5", "/seed 6", "hello") == started.stdout
-    shown = reply("/seed 9", "/seed", "/seed random", "/seed")
-    assert shown == "seed 9\nseed random\n"
+    r = gptcli("chat", "-m", str(tiny_model), input="/seed 9\n/seed\n/seed random\n/seed\n")
+    assert r.stdout == "" and "(seed 9)\nseed 9\n(seed random)\nseed random\n" in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -377,7 +379,7 @@ def test_sampling_commands_set_what_they_name(gptcli, tiny_model, command, value
         "chat", "-m", str(tiny_model), input=f"/{command} {value}\n/{command}\n/stats\n"
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert r.stdout == shown + "\n"
+    assert r.stdout == "" and f"{shown}\n" in r.stderr  # piped: stdout is replies only
     sampling = next(ln for ln in r.stderr.splitlines() if ln.startswith("sampling"))
     assert shown in sampling, sampling
 
