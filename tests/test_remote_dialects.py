@@ -125,3 +125,29 @@ def test_a_token_without_logprobs_mid_stream_is_said_once(replay, gptcli):
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("returned no log probabilities") == 1
     assert [o.get("token") for o in lines(r.stdout)[:2]] == [" Paris", "."]
+
+
+# -- llama-server, recorded --------------------------------------------------------------
+
+
+def test_llama_server_probs_come_from_post_sampling_probs(replay, gptcli):
+    url = replay.url("llama-server-probs")
+    r = gptcli("generate", "--raw", "-t", "0", "-n", "6", "--probs", PROMPT, "--server", url)
+    assert r.returncode == 0, r.stderr
+    sent = [b for name, m, p, b in replay.requests if name == "llama-server-probs" and m == "POST"]
+    assert sent[-1]["post_sampling_probs"] is True  # its native /completion
+    assert "Paris[1.00]" in r.stdout  # greedy: llama-server reports the chosen token alone
+
+
+def test_llama_server_json_has_ids_from_the_chat_shape(replay, gptcli):
+    url = replay.url("llama-server-json")
+    r = gptcli("generate", "--raw", "-t", "0", "-n", "6", "--json", PROMPT, "--server", url)
+    assert r.returncode == 0, r.stderr
+    first = lines(r.stdout)[0]
+    assert first["token"] == " Paris" and first["id"] == 7042
+    assert first["model_logprob"] == pytest.approx(math.log(0.78), abs=0.02)
+
+
+def test_llama_server_score_is_one_line(replay, gptcli):
+    r = gptcli("score", "-", "--server", replay.url("llama-server-score"), input=PROMPT)
+    assert r.returncode == 1 and "no prompt log probabilities" in r.stderr
