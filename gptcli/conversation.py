@@ -179,10 +179,12 @@ def read_transcript(path: str | Path) -> tuple[str | None, list[dict]]:
     p = Path(path).expanduser()
     try:
         raw = p.read_bytes()
+    # A file named on the command line is input: missing or unreadable is exit 2, as
+    # for score, --grammar, --json-schema and explore --load (models stay exit 1).
     except FileNotFoundError:
-        raise GptcliError(f"no such transcript: {p}") from None
+        raise UsageError(f"no such transcript: {p}") from None
     except OSError as e:
-        raise GptcliError(f"cannot read {p}: {e.strerror or e}") from None
+        raise UsageError(f"cannot read {p}: {e.strerror or e}") from None
 
     def bad(why: str) -> UsageError:
         return UsageError(f"{p} is not a gptcli chat transcript: {why}")

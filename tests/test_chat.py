@@ -288,7 +288,7 @@ def test_piped_lines_are_turns_and_errors_set_the_exit_code(gptcli, tiny_model, 
 
 def test_resume_of_a_missing_file_is_one_line(gptcli, tiny_model, tmp_path):
     r = gptcli("chat", "-m", str(tiny_model), "--resume", str(tmp_path / "nope.json"))
-    assert r.returncode == 1
+    assert r.returncode == 2  # an input file, as for score: see the README's exit codes
     assert "no such transcript" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 

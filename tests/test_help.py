@@ -228,3 +228,23 @@ def shlex_quote(value: str) -> str:
     import shlex
 
     return shlex.quote(value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["score", "/nonexistent/file.txt"],
+        ["chat", "--resume", "/nonexistent/t.json"],
+        ["generate", "--grammar", "/nonexistent/g.gbnf", "hi"],
+        ["generate", "--json-schema", "/nonexistent/s.json", "hi"],
+    ],
+)
+def test_a_missing_input_file_is_exit_2_for_every_command(gptcli, args):
+    r = gptcli(*args)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "/nonexistent/" in r.stderr
+
+
+def test_a_missing_model_is_exit_1(gptcli):
+    r = gptcli("generate", "-m", "/nonexistent/model.gguf", "hi")
+    assert r.returncode == 1 and "model not found" in r.stderr
