@@ -138,12 +138,13 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=240)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--threads", type=int, default=usable_cores())
     ap.add_argument("--no-native", action="store_true")
     a = ap.parse_args()
     model = embedded_model_path()
-    threads = usable_cores()
+    threads = a.threads
     lines = corpus(a.lines)
-    with Engine(model, EngineOptions(n_ctx=512)) as engine:
+    with Engine(model, EngineOptions(n_ctx=512, n_threads=threads)) as engine:
         run_gptcli(engine, lines[:8], max(a.jobs), 4)  # warm up: page cache, graphs
         ours = {j: run_gptcli(engine, lines, j, a.tokens) for j in a.jobs}
     native_rows = {}
