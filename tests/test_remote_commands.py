@@ -64,8 +64,8 @@ def test_chat_slash_commands_travel_with_the_requests(server, gptcli, tmp_path):
         {"role": "assistant", "content": reply},
     ]
     # /history after /reset is empty; after /load it is the saved exchange.
-    assert "(the conversation is empty)" in r.stdout
-    assert f"[user] Say hi.\n[assistant] {reply}" in r.stdout
+    assert "(the conversation is empty)" in r.stderr  # piped: not among the replies
+    assert f"[user] Say hi.\n[assistant] {reply}" in r.stderr
     assert "server      " + server.url in r.stderr
     assert "first token" in r.stderr and "max-tokens 8" in r.stderr
 
