@@ -26,7 +26,9 @@ test: $(STAMP)
 	@# GPTCLI_BUILD_LLAMA_SERVER=1: build llama.cpp's llama-server once (about 8 minutes) so the
 	@# tests against it run; otherwise they use a cached build or are skipped.
 	@if [ -n "$(GPTCLI_BUILD_LLAMA_SERVER)" ]; then $(PY) tests/llama_server_build.py; fi
-	$(PY) -m pytest -q
+	@# Three workers on two cores: most of a test's time is a gptcli process starting up,
+	@# and llama.cpp's threads must not spin while another process waits for the CPU.
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 3 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gptcli tests benchmarks

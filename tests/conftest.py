@@ -89,7 +89,9 @@ SESSION_CACHE = os.path.join(
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPTCLI_", "FORCE_COLOR"))}
+    # COLUMNS/LINES from the test runner would override a real terminal's size (tmux).
+    skip = ("GPTCLI_", "FORCE_COLOR", "COLUMNS", "LINES")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
     env["GPTCLI_CACHE_DIR"] = SESSION_CACHE
     env.update(extra)

@@ -161,12 +161,20 @@ needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 class Pane:
     """One tmux pane on a private socket, 100x30, running one shell command."""
 
+    _made = 0
+
     def __init__(self, tmp_path, command: str, env: dict[str, str]):
-        self.sock = str(tmp_path / "tmux.sock")
+        Pane._made += 1  # a socket and a script of its own: a test may open two panes
+        self.sock = str(tmp_path / f"tmux-{Pane._made}.sock")
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        script = tmp_path / "run.sh"
-        # A marker first (a cleared screen loses it), then the command, then an end mark.
-        script.write_text(f"echo KEEP-ME-ON-SCREEN\nenv -i {exports} {command}\necho __END__\n")
+        script = tmp_path / f"run-{Pane._made}.sh"
+        ready = tmp_path / f"ready-{Pane._made}"
+        # Wait until the title is set (else a fast command could retitle the pane first),
+        # a marker (a cleared screen loses it), the command, then an end mark.
+        script.write_text(
+            f"while [ ! -e {shlex.quote(str(ready))} ]; do sleep 0.05; done\n"
+            f"echo KEEP-ME-ON-SCREEN\nenv -i {exports} {command}\necho __END__\n"
+        )
         self.tmux(
             "-f",
             "/dev/null",
@@ -179,6 +187,7 @@ class Pane:
             f"sh {script}; sleep 60",
         )
         self.tmux("select-pane", "-T", "original-title")
+        ready.touch()
 
     def tmux(self, *args: str) -> str:
         return subprocess.run(
