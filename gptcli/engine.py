@@ -525,7 +525,6 @@ def _capture(self: Engine, tokens: Sequence[int], wanted, keep=None) -> Captured
     return Captured(tokens, tensors, logits)
 
 
-
 class BatchedEngine:
     """Several sequences in one llama.cpp context, decoded together (`--each-line -j N`).
 
@@ -617,7 +616,7 @@ class BatchedEngine:
             raise GptcliError(f"llama.cpp failed to evaluate a batch (llama_decode {rc})")
         self.tokens_decoded += n
         out: list[np.ndarray | None] = []
-        for (_, _, _, want), i in zip(spans, last):
+        for (_, _, _, want), i in zip(spans, last, strict=True):
             if want:
                 ptr = self._lib.llama_get_logits_ith(self._ctx.ctx, i)
                 out.append(np.ctypeslib.as_array(ptr, shape=(self.engine.n_vocab,)))

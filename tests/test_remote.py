@@ -11,9 +11,9 @@ import pytest
 from conftest import clean_env, run_gptcli
 from serverfixture import free_port
 
+from gptcli.backends.remote import RemoteBackend
 from gptcli.errors import GptcliError
 from gptcli.generation import Finish, TokenEvent
-from gptcli.backends.remote import RemoteBackend
 from gptcli.sampling import SamplingParams
 
 PROMPT = "The capital of France is"

@@ -375,7 +375,9 @@ def _print_neighbours(s: _Space, queries, found, what: str, title: str, as_json:
         table.add_column("id", justify="right")
         table.add_column("cosine", justify="right")
         for rank, n in enumerate(found, 1):
-            table.add_row(str(rank), Text(visible(s.space.piece(n.id))), str(n.id), f"{n.cosine:.3f}")
+            table.add_row(
+                str(rank), Text(visible(s.space.piece(n.id))), str(n.id), f"{n.cosine:.3f}"
+            )
         console.print(table)
         return
     lines = [q.describe() for q in queries] + [title]

@@ -29,6 +29,7 @@ def _complete_model(incomplete: str) -> list[str]:
 
     return complete_model(incomplete)
 
+
 CtxOpt = Annotated[
     int, typer.Option("--ctx", help="Context size in tokens (0: the model's, at most 4096).")
 ]
@@ -76,9 +77,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 def unescape(text: str) -> str:
     """`\\n`, `\\t`, `\\r`, `\\\\` and `\\xNN` as the characters they name: shells pass
     "\\n" as two characters, and users write stops that way (as llama.cpp reads them)."""
-    return _ESCAPE.sub(
-        lambda m: _ESCAPES.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), text
-    )
+    return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), text)
 
 
 def _unescape_all(values: list[str] | None) -> list[str] | None:
