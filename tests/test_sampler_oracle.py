@@ -19,6 +19,7 @@ import re
 import llama_cpp
 import numpy as np
 import pytest
+from conftest import reference_llama
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -30,25 +31,9 @@ assert TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
 MARGIN = 1e-4
 
 
-def reference_llama(path, **kwargs):
-    """llama-cpp-python's high-level Llama with every position's logits, loaded as
-    engine.py loads models: without llama.cpp's extra (AMX repacked) weight buffers,
-    which trap with SIGILL on machines that list AMX without enabling it."""
-    from llama_cpp import Llama
-    from llama_cpp import llama_cpp as low
-
-    default = low.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    low.llama_model_default_params = params
-    try:
-        return Llama(str(path), logits_all=True, flash_attn=True, verbose=False, **kwargs)
-    finally:
-        low.llama_model_default_params = default
+def oracle_llama(path, **kwargs):
+    """llama-cpp-python's Llama with every position's logits (conftest.reference_llama)."""
+    return reference_llama(path, logits_all=True, flash_attn=True, **kwargs)
 
 
 def llama_cpp_chain(logits: np.ndarray, history: list[int], p: SamplingParams, seed: int = 1):
@@ -285,7 +270,7 @@ CLI_ARGS = ("-t", "1.3", "--top-k", "12", "--top-p", "0.9", "--min-p", "0.02", "
 def reference_logits(smollm2):
     """llama-cpp-python's high-level Llama, raw logits at every position (the same flash
     attention setting as gptcli's engine, as in test_probs.py)."""
-    llm = reference_llama(smollm2, n_ctx=512)
+    llm = oracle_llama(smollm2, n_ctx=512)
 
     def rows(tokens: list[int]) -> np.ndarray:
         llm.reset()

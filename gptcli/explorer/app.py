@@ -21,7 +21,7 @@ from textual.widgets import Footer, Input, Static
 from gptcli.errors import GptcliError
 from gptcli.explorer.dist import View, logprob
 from gptcli.explorer.session import Session
-from gptcli.explorer.text import candidate, safe
+from gptcli.explorer.text import candidate, safe, span
 from gptcli.render_probs import BANDS, band, bar, fmt_prob
 
 TEMPERATURES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0)
@@ -287,7 +287,7 @@ class Explorer(App[str | None]):
             here = bool(on_path.intersection(seg.nodes))
             p = float(2.718281828459045**first.logprob) if first.logprob > -700 else 0.0
             text = b"".join(tree.nodes[n].piece for n in seg.nodes)
-            label = candidate(text)
+            label = span(text)
             label = label if len(label) <= 40 else label[:39] + "…"
             style = Style(bold=here, meta={"@click": f"app.jump({seg.nodes[-1]})"})
             out.append("  " * seg.level + ("▶ " if here else "├ "), style=style)

@@ -20,12 +20,20 @@ def safe(text: str) -> str:
 
 
 def candidate(piece: bytes) -> str:
-    """One candidate token on one line: bytes of a split character as \\xNN,
-    spaces at its ends as ␣, a newline as ↵."""
-    text = _escaped(piece.decode("utf-8", errors="backslashreplace")).replace("\n", "↵")
-    core = text.strip(" ")
+    """One candidate token on one line, in the notation of every token view
+    (render_probs.token_label: ␣, ↵, <0xE2> for the bytes of a split character)."""
+    from gptcli.render_probs import token_label
+
+    return token_label(piece)
+
+
+def span(piece: bytes) -> str:
+    """Several tokens' text on one line (a branch in the tree): as `candidate`, but the
+    spaces between words stay spaces; only those at its ends show as ␣."""
+    text = candidate(piece)
+    core = text.strip("␣")
     if not core:
-        return "␣" * len(text)
-    lead = len(text) - len(text.lstrip(" "))
-    trail = len(text) - len(text.rstrip(" "))
-    return "␣" * lead + core + "␣" * trail
+        return text
+    lead = len(text) - len(text.lstrip("␣"))
+    trail = len(text) - len(text.rstrip("␣"))
+    return "␣" * lead + core.replace("␣", " ") + "␣" * trail
