@@ -84,7 +84,7 @@ def test_next_tokens_ranks_and_accumulates_per_temperature():
 
 
 def test_score_tokens_in_windows_equals_llama_cpp_python(tiny_model):
-    from test_sampler_oracle import reference_llama
+    from conftest import reference_llama
 
     from gptcli.engine import Engine, EngineOptions
     from gptcli.scoring import score_tokens
@@ -93,7 +93,9 @@ def test_score_tokens_in_windows_equals_llama_cpp_python(tiny_model):
     with Engine(tiny_model, EngineOptions(n_ctx=32)) as engine:
         tokens = rng.integers(100, 5000, size=90).tolist()
         scores = score_tokens(engine, tokens)
-    llm = reference_llama(tiny_model, n_ctx=32, n_batch=32, n_ubatch=32)
+    llm = reference_llama(
+        tiny_model, logits_all=True, flash_attn=True, n_ctx=32, n_batch=32, n_ubatch=32
+    )
     want, best = [], []
     window, rows = None, None
     for i in range(1, len(tokens)):
