@@ -156,7 +156,7 @@ class Explorer(App[str | None]):
         self.selected = 0  # 0-based rank of the chosen candidate at the cursor
         self._view: View | None = None
         self._drawn_at: tuple | None = None  # what the text and tree panels show
-        self._model_name = safe(session.engine.name)[:24]
+        self._model_name = safe(session.engine.name)[:32]
 
     # -- layout ------------------------------------------------------------
 
