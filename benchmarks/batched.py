@@ -118,6 +118,9 @@ def run_native(binary: Path, model: Path, jobs: list[int], tokens: int, threads:
             "-fa",
             "on",
             "-kvu",
+            # no repacked (AMX) weight buffers, as gptcli's engine loads: like with like,
+            # and they trap with SIGILL on VMs that list AMX without enabling it
+            "--no-repack",
             "--output-format",
             "jsonl",
         ],
