@@ -88,6 +88,13 @@ SESSION_CACHE = os.path.join(
 )
 
 
+def pytest_sessionfinish(session, exitstatus):
+    # Each process (an xdist worker too) removes its own cache: nothing left in /tmp.
+    import shutil
+
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     # COLUMNS/LINES from the test runner would override a real terminal's size (tmux).
     skip = ("GPTCLI_", "FORCE_COLOR", "COLUMNS", "LINES")

@@ -84,17 +84,20 @@ class LlamaServer:
                         return
             except OSError:
                 time.sleep(0.2)
-        self.stop()
+        self.stop(keep_log=True)
         raise RuntimeError(f"llama_cpp.server did not start in {timeout} s: see {self.log.name}")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
+    def stop(self, keep_log: bool = False) -> None:
+        healthy = self.proc.poll() is None
+        if healthy:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+        if healthy and not keep_log:  # nothing to read in it: leave no file in /tmp
+            Path(self.log.name).unlink(missing_ok=True)
 
 
 def _sse(obj) -> bytes:
@@ -238,17 +241,20 @@ class NativeLlamaServer:
                         return
             except OSError:
                 time.sleep(0.2)
-        self.stop()
+        self.stop(keep_log=True)
         raise RuntimeError(f"llama-server did not start: see {self.log.name}")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
+    def stop(self, keep_log: bool = False) -> None:
+        healthy = self.proc.poll() is None
+        if healthy:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+        if healthy and not keep_log:  # nothing to read in it: leave no file in /tmp
+            Path(self.log.name).unlink(missing_ok=True)
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "servers"
