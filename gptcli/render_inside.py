@@ -1,7 +1,7 @@
 """How the inside views look: the lens as a table or a layers x positions grid, the
 attention overview, one head's heat map, per-head measures, and JSON for scripts.
 
-Token text comes from the model file: every label goes through render_probs.visible
+Token text comes from the model file: every label goes through render_probs.token_label
 (the terminal-safety rule for token views). Colour is a rendering of numbers only:
 without colour the numbers are printed."""
 
@@ -161,7 +161,6 @@ def lens_grid(result: Lens, piece: Piece) -> None:
 
 
 def lens_json(result: Lens, piece: Piece, out=None) -> None:
-    out = out or sys.stdout
     rows = [
         {
             "layer": r.layer,
@@ -192,7 +191,15 @@ def lens_json(result: Lens, piece: Piece, out=None) -> None:
         "agreement": result.agreement,
         "rows": rows,
     }
-    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    _write_json(obj, out)
+
+
+def _write_json(obj: dict, out=None) -> None:
+    """One JSON line, with no raw control character for a terminal to act on."""
+    from gptcli.terminal import json_safe
+
+    out = out or sys.stdout
+    out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
     out.flush()
 
 
@@ -338,7 +345,6 @@ def attention_stats(tokens, weights: dict[int, np.ndarray], piece: Piece) -> Non
 
 
 def attention_json(tokens, weights, piece: Piece, layer: int | None, head: int | None, out=None):
-    out = out or sys.stdout
     n = len(tokens)
     layers = []
     for li in sorted(weights):
@@ -352,6 +358,4 @@ def attention_json(tokens, weights, piece: Piece, layer: int | None, head: int |
                 ],
             }
         )
-    obj = {"tokens": [token_object(t, piece(t)) for t in tokens], "layers": layers}
-    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    out.flush()
+    _write_json({"tokens": [token_object(t, piece(t)) for t in tokens], "layers": layers}, out)

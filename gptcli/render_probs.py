@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from gptcli.terminal import Guard, json_safe, safe
+from gptcli.terminal import Guard, json_safe
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -59,19 +59,6 @@ def _escapes(console: Console, style: str) -> tuple[str, str]:
         console.print(Text("\x00", style=style), end="", soft_wrap=True)
     before, _, after = cap.get().partition("\x00")
     return before, after
-
-
-def visible(text: str) -> str:
-    """A token's text made visible on one line: whitespace at its ends as ␣, \\n, \\t."""
-    text = text.replace("\n", "\\n").replace("\t", "\\t")
-    # A token view: every control, C1 and bidi override shown as an escape (\x1b).
-    text = safe(text, token_view=True)
-    core = text.strip(" ")
-    if not core:
-        return "␣" * len(text)
-    lead = len(text) - len(text.lstrip(" "))
-    trail = len(text) - len(text.rstrip(" "))
-    return "␣" * lead + core + "␣" * trail
 
 
 _SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}

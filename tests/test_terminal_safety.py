@@ -85,10 +85,10 @@ def test_text_renderer_escapes_on_a_terminal_only():
 
 
 def test_probability_views_escape_token_names():
-    from gptcli.render_probs import visible
+    from gptcli.render_probs import token_label  # every token view's one path
 
-    assert visible("\x1b]0;x\x07") == "\\x1b]0;x\\x07"
-    assert visible("a\u202eb") == "a\\u202eb"
+    assert token_label(b"\x1b]0;x\x07") == "\\x1b]0;x\\x07"
+    assert token_label("a\u202eb".encode()) == "a\\u202eb"
 
 
 # -- an evil server ---------------------------------------------------------------------

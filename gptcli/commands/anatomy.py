@@ -30,13 +30,6 @@ _CHIP_STYLES = ("black on #a8d8ea", "black on #f6d6ad")
 _SPECIAL_STYLE = "bold white on #8e44ad"
 
 
-def visible(piece: bytes) -> str:
-    """A token's bytes as text with whitespace and partial UTF-8 made visible."""
-    from gptcli.render_probs import token_label
-
-    return token_label(piece)
-
-
 # -- inspect ----------------------------------------------------------------
 
 
@@ -161,6 +154,7 @@ def tokenize(
     """Cut TEXT into the model's tokens: each token as a chip, special tokens marked,
     spaces shown as ␣ and partial UTF-8 bytes as <0xE2>."""
     from gptcli.commands.options import read_input
+    from gptcli.render_probs import token_label
 
     data = read_input(text)
     engine = _vocab_engine(model, verbose)
@@ -170,7 +164,7 @@ def tokenize(
             {
                 "id": t,
                 "piece": engine.piece(t).decode("utf-8", errors="replace"),
-                "visible": visible(engine.piece(t)),
+                "visible": token_label(engine.piece(t)),
                 "bytes": engine.piece(t).hex(),  # exact: a piece may end mid-character
                 "special": engine.is_control(t),
             }
@@ -199,13 +193,14 @@ def _print_chips(tokens: list[dict], show_ids: bool) -> None:
     from rich.text import Text
 
     from gptcli.render import stdout_console
+    from gptcli.render_probs import token_label
 
     console = stdout_console()
     colour = console.is_terminal and not console.no_color
     # Without colour the chips need a visible border: [piece].
     chips = []
     for t in tokens:
-        label = visible(bytes.fromhex(t["bytes"]))
+        label = token_label(bytes.fromhex(t["bytes"]))
         if t["special"] and not colour:
             label = f"«{label}»"  # special tokens marked even without colour
         if not colour:
@@ -351,6 +346,8 @@ def analogy(
 
 
 def _print_neighbours(s: _Space, queries, found, what: str, title: str, as_json: bool) -> None:
+    from gptcli.render_probs import token_label
+
     if as_json:
         payload = {
             "model": str(s.path),
@@ -376,13 +373,13 @@ def _print_neighbours(s: _Space, queries, found, what: str, title: str, as_json:
         table.add_column("cosine", justify="right")
         for rank, n in enumerate(found, 1):
             table.add_row(
-                str(rank), Text(visible(s.space.piece(n.id))), str(n.id), f"{n.cosine:.3f}"
+                str(rank), Text(token_label(s.space.piece(n.id))), str(n.id), f"{n.cosine:.3f}"
             )
         console.print(table)
         return
     lines = [q.describe() for q in queries] + [title]
     for rank, n in enumerate(found, 1):
-        lines.append(f"{rank:>3}  {n.cosine:6.3f}  {n.id:>6}  {visible(s.space.piece(n.id))}")
+        lines.append(f"{rank:>3}  {n.cosine:6.3f}  {n.id:>6}  {token_label(s.space.piece(n.id))}")
     typer.echo("\n".join(lines))
 
 
