@@ -45,47 +45,33 @@ runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 """
 
 
-class LlamaServer:
-    """`python -m llama_cpp.server` serving one model, started once and reused."""
+class _ServerProcess:
+    """A server subprocess on a free loopback port; its log stays in /tmp only when it
+    did not run cleanly (the error names it)."""
 
-    _running: dict[str, LlamaServer] = {}
+    label = "server"
+    ready_path = "/health"
 
-    def __init__(self, model: Path, *extra: str):
+    def _start(self, log_name: str, make_args, timeout: float) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(f"/tmp/gptcli-llama-server-{self.port}.log"), "wb")  # noqa: SIM115
-        args = [sys.executable, "-c", _NO_EXTRA_BUFFERS, "--model", str(model)]
-        args += ["--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048"]
-        # gptcli's engine lets llama.cpp choose flash attention (on, on a CPU); the
-        # server's default is off, which moves log probabilities by ~1e-2.
-        args += ["--flash_attn", "true"]
-        # By default it cuts a streamed reply short when another request arrives.
-        args += ["--interrupt_requests", "false", *extra]
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.log = open(Path(f"/tmp/{log_name}-{self.port}.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            make_args(self.port), stdout=self.log, stderr=subprocess.STDOUT
+        )
         atexit.register(self.stop)
-        self._wait_ready()
-
-    @classmethod
-    def get(cls, model: Path, *extra: str) -> LlamaServer:
-        key = "\0".join([str(model), *extra])
-        server = cls._running.get(key)
-        if server is None or server.proc.poll() is not None:
-            server = cls._running[key] = cls(model, *extra)
-        return server
-
-    def _wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited: see {self.log.name}")
+                raise RuntimeError(f"{self.label} exited: see {self.log.name}")
             try:
-                with urllib.request.urlopen(self.url + "/v1/models", timeout=2) as r:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:
                 time.sleep(0.2)
         self.stop(keep_log=True)
-        raise RuntimeError(f"llama_cpp.server did not start in {timeout} s: see {self.log.name}")
+        raise RuntimeError(f"{self.label} did not start in {timeout} s: see {self.log.name}")
 
     def stop(self, keep_log: bool = False) -> None:
         healthy = self.proc.poll() is None
@@ -98,6 +84,34 @@ class LlamaServer:
         self.log.close()
         if healthy and not keep_log:  # nothing to read in it: leave no file in /tmp
             Path(self.log.name).unlink(missing_ok=True)
+
+
+class LlamaServer(_ServerProcess):
+    """`python -m llama_cpp.server` serving one model, started once and reused."""
+
+    label = "llama_cpp.server"
+    ready_path = "/v1/models"
+    _running: dict[str, LlamaServer] = {}
+
+    def __init__(self, model: Path, *extra: str):
+        def make_args(port: int) -> list[str]:
+            args = [sys.executable, "-c", _NO_EXTRA_BUFFERS, "--model", str(model)]
+            args += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
+            # gptcli's engine lets llama.cpp choose flash attention (on, on a CPU); the
+            # server's default is off, which moves log probabilities by ~1e-2.
+            args += ["--flash_attn", "true"]
+            # By default it cuts a streamed reply short when another request arrives.
+            return args + ["--interrupt_requests", "false", *extra]
+
+        self._start("gptcli-llama-server", make_args, 90.0)
+
+    @classmethod
+    def get(cls, model: Path, *extra: str) -> LlamaServer:
+        key = "\0".join([str(model), *extra])
+        server = cls._running.get(key)
+        if server is None or server.proc.poll() is not None:
+            server = cls._running[key] = cls(model, *extra)
+        return server
 
 
 def _sse(obj) -> bytes:
@@ -218,43 +232,19 @@ class FaultServer:
         self.httpd.server_close()
 
 
-class NativeLlamaServer:
+class NativeLlamaServer(_ServerProcess):
     """llama.cpp's own `llama-server` (built by llama_server_build.py) on one model,
     with 4 slots and the local engine's settings (flash attention on, 2 threads)."""
 
-    def __init__(self, binary: Path, model: Path, slots: int = 4, *extra: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(f"/tmp/gptcli-native-server-{self.port}.log"), "wb")  # noqa: SIM115
-        args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["-np", str(slots), "-c", str(2048 * slots), "-fa", "on", "-t", "2"]
-        args += ["--no-webui", "-nr", *extra]  # -nr: no extra buffers, as engine.py
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        atexit.register(self.stop)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited: see {self.log.name}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        self.stop(keep_log=True)
-        raise RuntimeError(f"llama-server did not start: see {self.log.name}")
+    label = "llama-server"
 
-    def stop(self, keep_log: bool = False) -> None:
-        healthy = self.proc.poll() is None
-        if healthy:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-        if healthy and not keep_log:  # nothing to read in it: leave no file in /tmp
-            Path(self.log.name).unlink(missing_ok=True)
+    def __init__(self, binary: Path, model: Path, slots: int = 4, *extra: str):
+        def make_args(port: int) -> list[str]:
+            args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
+            args += ["-np", str(slots), "-c", str(2048 * slots), "-fa", "on", "-t", "2"]
+            return args + ["--no-webui", "-nr", *extra]  # -nr: no extra buffers, as engine.py
+
+        self._start("gptcli-native-server", make_args, 60.0)
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "servers"
