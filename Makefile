@@ -39,9 +39,13 @@ bench: $(STAMP)
 
 # Mutation testing (long; not part of `make test`): mutants of the modules in
 # [tool.mutmut] of pyproject.toml, against the in-process tests listed there.
+# MUTANTS narrows the run, e.g. `make mutate MUTANTS='gptcli.sampling.*'`.
+# OMP_THREAD_LIMIT=1: mutmut forks a child per mutant, and a child forked after
+# llama.cpp started its OpenMP pool waits forever on the pool's lock (a fake timeout).
+MUTANTS ?=
 mutate: $(STAMP)
 	$(PY) -m pip install --disable-pip-version-check -q 'mutmut==3.8.1'
-	$(VENV)/bin/mutmut run --max-children 2 || true
+	OMP_THREAD_LIMIT=1 $(VENV)/bin/mutmut run --max-children 2 $(MUTANTS) || true
 	$(VENV)/bin/mutmut results --all true | $(PY) tests/mutation_score.py
 
 clean:
