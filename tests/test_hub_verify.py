@@ -73,3 +73,22 @@ def test_check_gguf_accepts_a_model_and_refuses_a_cut_header(tiny_model, tmp_pat
         hub._check_gguf(cut, "org/repo/cut.gguf")
     assert str(e.value).startswith("org/repo/cut.gguf is not a valid GGUF file (")
     assert e.value.exit_code == 1
+
+
+@pytest.mark.parametrize("extra, shown", [(0, False), (1, True)])
+def test_hashing_a_large_cached_file_shows_every_byte_on_a_bar(tmp_path, extra, shown):
+    # Files over 64 MB get a "verify" bar (hashing takes seconds there); smaller ones none.
+    size = 64 * hub._CHUNK + extra
+    path = tmp_path / "big.gguf"
+    with open(path, "wb") as fh:
+        fh.truncate(size)  # sparse: zeros, no disk
+    f = RemoteFile("big.gguf", size, sha256=hashlib.sha256(b"\0" * size).hexdigest())
+    progress = hub._Progress()  # not started: rich tracks the tasks, draws nothing
+    assert hub._verified_blob(path, f, progress, "org/repo/big.gguf") is True
+    tasks = progress.progress.tasks
+    if not shown:
+        assert tasks == []
+        return
+    (task,) = tasks
+    assert task.description == "verify org/repo/big.gguf"
+    assert (task.total, task.completed) == (size, size)
