@@ -80,7 +80,7 @@ TENSOR_TYPES: dict[int, tuple[int, int]] = {
     6: (32, 22),  # Q5_0
     7: (32, 24),  # Q5_1
     8: (32, 34),  # Q8_0
-    9: (32, 40),  # Q8_1
+    9: (32, 36),  # Q8_1 (two fp16 and 32 int8: the gguf package still says 40)
     10: (256, 84),  # Q2_K
     11: (256, 110),  # Q3_K
     12: (256, 144),  # Q4_K
