@@ -644,3 +644,224 @@ def test_every_tensor_type_has_ggml_block_and_type_size(write):
             assert refusal(path) == invalid(path, f"tensor t has unknown type {ttype}")
         else:
             assert read_header(path).tensors[0].nbytes == 6 * size, ttype
+
+
+# -- hyperparameters llama.cpp asserts on ---------------------------------------------------
+
+LLAMA = {"general.architecture": text("llama")}
+
+
+def hparams(**kvs) -> dict:
+    return {**LLAMA, **{k.replace("__", "."): v for k, v in kvs.items()}}
+
+
+def test_the_architecture_must_be_a_string(write):
+    for kv in (scalar(U32, 1), array(STR, ["llama"])):
+        path = write(build({"general.architecture": kv}))
+        assert refusal(path) == invalid(path, "general.architecture is not a string")
+    # Without an architecture, no key is a hyperparameter.
+    h = read_header(write(build({"llama.block_count": scalar(U32, 0)})))
+    assert h.get("{arch}.block_count") is None and h.get("llama.block_count") == 0
+
+
+@pytest.mark.parametrize("vtype", [U8, I8, U16, I16, U32, I32, U64, I64])
+def test_block_count_of_every_integer_type(write, vtype):
+    h = read_header(write(build(hparams(llama__block_count=scalar(vtype, 3)))))
+    assert h.get("{arch}.block_count") == 3 and h.get("{arch}.missing", "d") == "d"
+
+
+@pytest.mark.parametrize(
+    ("kv", "what"),
+    [
+        (scalar(F32, 2.0), "llama.block_count is not an integer"),
+        (scalar(BOOL, True), "llama.block_count is not an integer"),
+        (text("2"), "llama.block_count is not an integer"),
+        (scalar(U32, 0), "llama.block_count is 0 (llama.cpp takes 1 to 512)"),
+        (scalar(I32, -1), "llama.block_count is -1 (llama.cpp takes 1 to 512)"),
+        (scalar(U32, 513), "llama.block_count is 513 (llama.cpp takes 1 to 512)"),
+        (scalar(U32, 1), None),
+        (scalar(U32, 512), None),
+    ],
+)
+def test_block_count_is_1_to_512(write, kv, what):
+    path = write(build(hparams(llama__block_count=kv)))
+    assert (refusal(path) if what else None) == (invalid(path, what) if what else None)
+    if what is None:
+        read_header(path)
+
+
+@pytest.mark.parametrize(
+    ("nextn", "what"),
+    [
+        (scalar(U32, 0), None),
+        (scalar(U32, 4), None),
+        (scalar(U32, 5), "llama.nextn_predict_layers is 5 for 4 blocks"),
+        (scalar(I32, -1), "llama.nextn_predict_layers is -1 for 4 blocks"),
+        (scalar(F32, 9.0), None),  # not an integer: llama.cpp refuses it by itself
+    ],
+)
+def test_nextn_layers_are_at_most_the_blocks(write, nextn, what):
+    kvs = hparams(llama__block_count=scalar(U32, 4), llama__nextn_predict_layers=nextn)
+    path = write(build(kvs))
+    if what is None:
+        read_header(path)
+    else:
+        assert refusal(path) == invalid(path, what)
+
+
+@pytest.mark.parametrize("scaling", ["none", "linear", "yarn", "longrope"])
+def test_known_rope_scaling_types_pass(write, scaling):
+    h = read_header(write(build(hparams(llama__rope__scaling__type=text(scaling)))))
+    assert h.get("{arch}.rope.scaling.type") == scaling
+
+
+@pytest.mark.parametrize(
+    ("key", "kv", "what"),
+    [
+        ("llama.rope.scaling.type", text("warp"), "llama.rope.scaling.type 'warp' is unknown"),
+        ("llama.rope.scaling.type", text("YARN"), "llama.rope.scaling.type 'YARN' is unknown"),
+        ("llama.rope.scaling.type", text(""), "llama.rope.scaling.type '' is unknown"),
+        (
+            "llama.rope.dimension_count",
+            scalar(U32, 15),
+            "llama.rope.dimension_count is 15, not even",
+        ),
+        (
+            "llama.rope.dimension_count_swa",
+            scalar(I32, -3),
+            "llama.rope.dimension_count_swa is -3, not even",
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            scalar(F32, float("nan")),
+            "llama.attention.layer_norm_rms_epsilon is nan",
+        ),
+        (
+            "llama.attention.layer_norm_epsilon",
+            scalar(F64, float("inf")),
+            "llama.attention.layer_norm_epsilon is inf",
+        ),
+        (
+            "llama.attention.layer_norm_epsilon",
+            scalar(F32, -0.5),
+            "llama.attention.layer_norm_epsilon is negative (-0.5)",
+        ),
+        (
+            "llama.attention.layer_norm_epsilon",
+            scalar(F64, -0.25),
+            "llama.attention.layer_norm_epsilon is negative (-0.25)",
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            scalar(F32, 0.0),
+            "llama.attention.layer_norm_rms_epsilon is 0 (a norm epsilon must be positive)",
+        ),
+        (
+            "llama.rope.freq_base",
+            scalar(F32, 0.5),
+            "llama.rope.freq_base is 0.5 (a RoPE base must be at least 1)",
+        ),
+        (
+            "llama.rope.freq_base",
+            scalar(F64, 0.0),
+            "llama.rope.freq_base is 0 (a RoPE base must be at least 1)",
+        ),
+        (
+            "llama.rope.freq_base_swa",
+            scalar(F32, -4.0),
+            "llama.rope.freq_base_swa is -4 (a RoPE base must be at least 1)",
+        ),
+        (
+            "llama.expert_weights_scale",
+            scalar(F32, float("-inf")),
+            "llama.expert_weights_scale is -inf",
+        ),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_a_hyperparameter_llama_cpp_aborts_on_is_refused(write, key, kv, what):
+    path = write(build({**LLAMA, key: kv}))
+    assert refusal(path) == invalid(path, what)
+
+
+@pytest.mark.parametrize(
+    ("key", "kv"),
+    [
+        ("llama.rope.dimension_count", scalar(U32, 64)),
+        ("llama.rope.dimension_count_swa", scalar(U32, 0)),
+        ("llama.rope.dimension_count", scalar(F32, 15.0)),  # llama.cpp refuses the type itself
+        ("llama.rope.scaling.type", scalar(U32, 7)),
+        ("llama.attention.layer_norm_rms_epsilon", scalar(F32, 1e-45)),  # the smallest float32
+        ("llama.rope.freq_base", scalar(F32, 1.0)),
+        ("llama.rope.freq_base_swa", scalar(F64, 1.0)),
+        ("llama.rope.freq_base", scalar(U32, 0)),  # not a float: llama.cpp's own type check
+        # 0 means "not set" for a scaling factor; keys llama.cpp does not read cannot hurt it.
+        ("llama.rope.scaling.factor", scalar(F32, 0.0)),
+        ("llama.custom", scalar(F32, -1.0)),
+        ("general.x", scalar(F32, float("nan"))),
+        ("llamax.rope.freq_base", scalar(F32, 0.0)),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_a_valid_or_unread_hyperparameter_passes(write, key, kv):
+    read_header(write(build({**LLAMA, key: kv})))
+
+
+@pytest.mark.parametrize(
+    ("count", "used", "what"),
+    [
+        (None, None, None),  # a dense model
+        (0, 0, None),
+        (8, 2, None),
+        (8, 8, None),
+        (1024, 1, None),
+        ([0, 8], 2, None),  # per layer: the largest counts
+        ([8, 0], [2, 1], None),
+        (8, 9, "llama.expert_used_count is 9, more than the 8 experts"),
+        (None, 1, "llama.expert_used_count is 1, more than the 0 experts"),
+        ([2, 8], [1, 9], "llama.expert_used_count is 9, more than the 8 experts"),
+        (1025, 1, "llama.expert_count is 1025 (llama.cpp takes at most 1024)"),
+        ([1025, 0], 1, "llama.expert_count is 1025 (llama.cpp takes at most 1024)"),
+        (4, None, "llama.expert_count is 4 but no expert is used (expert_used_count)"),
+        ([0, 4], [0, 0], "llama.expert_count is 4 but no expert is used (expert_used_count)"),
+    ],
+)
+def test_expert_counts(write, count, used, what):
+    kvs = dict(LLAMA)
+    for key, v in (("llama.expert_count", count), ("llama.expert_used_count", used)):
+        if v is not None:
+            kvs[key] = array(U32, v) if isinstance(v, list) else scalar(U32, v)
+    path = write(build(kvs))
+    if what is None:
+        read_header(path)
+    else:
+        assert refusal(path) == invalid(path, what)
+
+
+def test_expert_counts_of_another_type_are_left_to_llama_cpp(write):
+    # llama.cpp refuses a count that is not an integer with an error of its own.
+    for kv in (scalar(BOOL, True), scalar(F32, 4.0), text("4")):
+        read_header(write(build({**LLAMA, "llama.expert_count": kv})))
+
+
+# -- what reaches the terminal ------------------------------------------------------------------
+
+
+def test_printable_escapes_control_characters_and_bounds_the_length():
+    from gptcli.gguf_check import printable
+
+    assert printable("a\x1b[2Jb\n\té") == "a\\x1b[2Jb\\n\\té"
+    assert printable("x" * 200) == "x" * 200
+    long = "".join(chr(0x4E00 + i) for i in range(201))
+    assert printable(long) == long[:100] + "..." + long[-100:]
+    assert printable("abcdefg", limit=4) == "ab...fg"
+
+
+def test_a_hostile_key_reaches_the_message_escaped_and_bounded(write):
+    key = "\x1b]0;pwned\x07" + "k" * 300
+    raw = build({key: scalar(U8, 1), "j" * len(key): scalar(U8, 2)})
+    path = write(raw.replace(enc_string("j" * len(key)), enc_string(key)))
+    message = refusal(path)
+    what = "duplicate metadata key " + key
+    shown = (what[:100] + "..." + what[-100:]).replace("\x1b", "\\x1b").replace("\x07", "\\x07")
+    assert message == invalid(path, shown)
