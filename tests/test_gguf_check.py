@@ -9,6 +9,7 @@ import ctypes
 import os
 import struct
 
+import numpy as np
 import pytest
 from hostile import HOSTILE, KV, Gguf, Tensor, enc_string, write_hostile
 
@@ -332,6 +333,25 @@ def test_an_array_of_n_uint32_needs_4n_bytes(write):
     )
 
 
+def test_an_array_header_cut_short_is_named(write):
+    at = 24 + 8 + 1 + 4
+    path = write(no_kv(n_kv=1) + enc_string("a") + struct.pack("<IH", ARR, STR))
+    assert refusal(path) == invalid(
+        path, f"array type of a runs past the end of the file at byte {at}"
+    )
+    path = write(no_kv(n_kv=1) + enc_string("a") + struct.pack("<IIH", ARR, STR, 1))
+    what = f"array length of a runs past the end of the file at byte {at + 4}"
+    assert refusal(path) == invalid(path, what)
+
+
+def test_a_string_array_needs_8_bytes_a_string(write):
+    # Ten strings claimed, three of 9 bytes present: refused on the count, before any string.
+    kvs = {"a": array(STR, ["x", "y", "z"], count=10)}
+    path = write(exact(kvs))
+    what = f"array a (10 strings) runs past the end of the file at byte {24 + 8 + 1 + 4 + 12}"
+    assert refusal(path) == invalid(path, what)
+
+
 @pytest.mark.parametrize(
     ("kv", "what"),
     [
@@ -416,6 +436,10 @@ def test_each_token_is_bounded(write):
             struct.pack("<Q", 9) + b"xy",
             f"token 2 runs past the end of the file at byte {start + 8}",
         ),
+        (
+            struct.pack("<Q", 2**30) + b"x",
+            f"token 2 runs past the end of the file at byte {start + 8}",
+        ),
         (b"\0" * 7, f"token 2 length runs past the end of the file at byte {start}"),
     ):
         path = write(exact({TOKENS: (ARR, head + last)}))
@@ -466,8 +490,15 @@ def test_tokenizer_arrays_agree_in_length(write, n_tokens):
 def test_tensor_fields_and_data_offset(write):
     kvs = {"k": scalar(U8, 1)}
     tensors = [("a", (8, 1, 1, 2), F32_TENSOR, 0), ("b", (32, 3), Q4_0_TENSOR, 64)]
-    path = write(build(kvs, tensors, bytes(64 + 54)))
+    data = bytes(range(118))
+    path = write(build(kvs, tensors, data))
     h = read_header(path)
+    # What embed and unembedding do with a tensor: map its bytes where the header says.
+    for t, expected in zip(h.tensors, (data[:64], data[64:]), strict=True):
+        assert (
+            np.memmap(path, dtype=np.uint8, mode="r", offset=t.offset, shape=t.nbytes).tobytes()
+            == expected
+        )
     start = -(-header_end(kvs, tensors) // 32) * 32
     assert h.data_offset == start
     a, b = h.tensors
@@ -817,6 +848,9 @@ def test_a_valid_or_unread_hyperparameter_passes(write, key, kv):
         (1024, 1, None),
         ([0, 8], 2, None),  # per layer: the largest counts
         ([8, 0], [2, 1], None),
+        ([], [], None),  # per layer, no layer: no expert
+        ([], 1, "llama.expert_used_count is 1, more than the 0 experts"),
+        (1, None, "llama.expert_count is 1 but no expert is used (expert_used_count)"),
         (8, 9, "llama.expert_used_count is 9, more than the 8 experts"),
         (None, 1, "llama.expert_used_count is 1, more than the 0 experts"),
         ([2, 8], [1, 9], "llama.expert_used_count is 9, more than the 8 experts"),
@@ -851,6 +885,7 @@ def test_printable_escapes_control_characters_and_bounds_the_length():
     from gptcli.gguf_check import printable
 
     assert printable("a\x1b[2Jb\n\té") == "a\\x1b[2Jb\\n\\té"
+    assert printable("C:\\models\\'x'.gguf") == "C:\\models\\'x'.gguf"  # shown as is
     assert printable("x" * 200) == "x" * 200
     long = "".join(chr(0x4E00 + i) for i in range(201))
     assert printable(long) == long[:100] + "..." + long[-100:]
