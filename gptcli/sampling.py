@@ -83,11 +83,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum()
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    return z - logsumexp(z)
-
-
 def logsumexp(logits: np.ndarray, out: np.ndarray | None = None) -> float:
     """log(sum(exp(logits))), stably; float32 exponentials, a float64 sum.
 
@@ -137,7 +132,10 @@ def top_k_ids(
         if len(cand) > 16 * k + 1024:  # a flat distribution (many equal logits): no gain
             cand = None
     if cand is None:
-        cand = np.sort(np.argpartition(logits, n - k)[n - k :])
+        # Every logit equal to the k-th largest is a candidate, not the arbitrary few an
+        # argpartition would keep: ties at the cut are then decided by id, as above it.
+        kth = np.partition(logits, n - k)[n - k]
+        cand = np.flatnonzero(logits >= kth)
     return cand[np.argsort(-logits[cand], kind="stable")[:k]]
 
 

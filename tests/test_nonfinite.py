@@ -39,8 +39,16 @@ def assert_stopped(r, position: int) -> None:
 def test_sampler_refuses_non_finite_logits(bad):
     logits = np.zeros(1000, dtype=np.float32)
     logits[777] = bad
-    with pytest.raises(NonFiniteLogits, match="at position 3"):
+    with pytest.raises(NonFiniteLogits) as e:
         Sampler(SamplingParams(temperature=0), 1000).sample(logits, [1, 2, 3])
+    assert str(e.value) == (
+        "the model produced non-finite logits (NaN or infinity) at position 3: the weights "
+        "or the backend compute garbage; try -ngl 0 (CPU only) or another quantization"
+    )
+    assert e.value.position == 3
+    with pytest.raises(NonFiniteLogits) as e:  # the first step: no position to name
+        Sampler(SamplingParams(temperature=0), 1000).sample(logits)
+    assert "(NaN or infinity): the weights" in str(e.value) and e.value.position is None
 
 
 def test_minus_infinity_is_a_probability_of_zero():

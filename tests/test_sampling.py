@@ -121,3 +121,40 @@ def test_model_logprob_and_alternatives():
 def test_invalid_parameters_are_usage_errors(kwargs):
     with pytest.raises(UsageError):
         SamplingParams(**kwargs).validate()
+
+
+@pytest.mark.parametrize("k", [0, 100, 4999, 5000, 6000])
+def test_top_k_orders_equal_logits_by_id_at_every_k(k):
+    # Thousands of ties: an unstable sort (numpy's default quicksort) scrambles them.
+    logits = np.random.default_rng(3).integers(0, 3, 5000).astype(np.float32)
+    expected = sorted(range(5000), key=lambda i: (-logits[i], i))
+    assert top_k_ids(logits, k).tolist() == expected[: k if 0 < k < 5000 else 5000]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"top_k": 40},
+        {"top_k": 0, "top_p": 0.9, "min_p": 0.0},
+        {"top_k": 0, "top_p": 1.0, "min_p": 0.05},
+        {"top_k": 40, "repeat_penalty": 1.3},
+    ],
+)
+def test_a_token_step_allocates_nothing_vocabulary_sized(params):
+    # The scratch arrays are the point of Sampler's __init__: a step that allocated a
+    # fresh vocabulary-sized array (4 MB here) would show in the traced peak.
+    import tracemalloc
+
+    n = 1_000_000
+    logits = np.random.default_rng(0).normal(0, 2, n).astype(np.float32)
+    logits[:50] += 25  # peaked, as a model's: top-p reaches its mass in a few candidates
+    sampler = Sampler(SamplingParams(seed=1, **params), n)
+    sampler.sample(logits, [1, 2, 3], n_top=5, model_probs=True)  # warm numpy's caches
+    tracemalloc.start()
+    try:
+        for _ in range(3):
+            sampler.sample(logits, [1, 2, 3], n_top=5, model_probs=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n // 4, f"a step allocated {peak} bytes for a {n}-token vocabulary"
