@@ -507,3 +507,21 @@ def test_no_report_asked_means_no_model_probability(tiny):
     params = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
     events, _ = recorded_run(tiny, "The", params, 'root ::= "yes"\n', 1)
     assert events[0].forced is not None and events[0].draw.model_logprob is None
+
+
+def test_nan_logits_end_the_loop_naming_the_position_after_the_good_tokens(tmp_path, tokenizer):
+    # The logit model always wants token 500, whose embedding is NaN: the first draw is
+    # fine, the logits after it are NaN, at position 3 (two prompt tokens, then 500).
+    from hostile import write_logit_model
+
+    from gptcli.sampling import NonFiniteLogits
+
+    path = write_logit_model(tmp_path / "nan.gguf", tokenizer, favourite=500, poisoned=500)
+    with Engine(path, EngineOptions(n_ctx=16, n_threads=1)) as engine:
+        gen = Generation(engine, [7, 8], Sampler(GREEDY, engine.n_vocab), max_tokens=5)
+        events = iter(gen)
+        assert next(events).id == 500
+        with pytest.raises(NonFiniteLogits) as e:
+            next(events)
+    assert e.value.position == 3
+    assert gen.tokens == [500]
