@@ -501,6 +501,7 @@ def test_tensor_fields_and_data_offset(write):
         )
     start = -(-header_end(kvs, tensors) // 32) * 32
     assert h.data_offset == start
+    assert h.path == path and h.file_size == len(data) + start
     a, b = h.tensors
     assert (a.name, a.shape, a.type, a.offset, a.nbytes, a.n_elements) == (
         "a",
@@ -518,6 +519,22 @@ def test_tensor_fields_and_data_offset(write):
         54,
         96,
     )
+
+
+def test_a_tensor_info_cut_short_is_named(write):
+    kvs = {"pad": text("x" * 60)}  # room for the count check: 29 bytes a tensor
+    tensors = [("a", (4, 2), F32_TENSOR, 0)]
+    data = build(kvs, tensors, bytes(32))
+    name_at = header_end(kvs)
+    for cut, what, at in (
+        (name_at + 4, "tensor name length", name_at),
+        (name_at + 10, "dimension count of a", name_at + 9),
+        (name_at + 20, "shape of a", name_at + 13),
+        (name_at + 29 + 3, "type of a", name_at + 29),
+        (name_at + 33 + 7, "offset of a", name_at + 33),
+    ):
+        path = write(data[:cut])
+        assert refusal(path) == invalid(path, f"{what} runs past the end of the file at byte {at}")
 
 
 @pytest.mark.parametrize("remainder", [0, 1, 31])
