@@ -116,6 +116,10 @@ def chains(tmp_path_factory, tokenizer):
         x82=byte_token(tokenizer, 0x82),
         xac=byte_token(tokenizer, 0xAC),
         c3=byte_token(tokenizer, 0xC3),
+        W=t(b"W"),
+        Z=t(b"Z"),
+        e3=byte_token(tokenizer, 0xE3),
+        f0=byte_token(tokenizer, 0xF0),
         eos=tokenizer.eos_id,
     )
     edges = {
@@ -127,6 +131,10 @@ def chains(tmp_path_factory, tokenizer):
         ids.V: ids.c3,  # V -> C3 -> !: a character started, never finished
         ids.c3: ids.bang,
         ids.L: ids.L,  # L -> L -> L ... until the context is full
+        ids.W: ids.e3,  # W -> E3 -> end of text: the text ends inside a character
+        ids.e3: ids.eos,
+        ids.Z: ids.f0,  # Z -> F0 -> F0 ...: lead bytes only, until the context is full
+        ids.f0: ids.f0,
         ids.E: ids.eos,  # E -> end of text at once
         ids.Y: ids.yes,  # Y -> yes -> " maybe" -> ab -> end of text
         ids.yes: ids.maybe,
@@ -188,6 +196,12 @@ def test_an_interrupted_character_is_replaced_and_the_text_goes_on(chains):
     assert_released_whole(tokens, finish)
 
 
+def test_end_of_text_inside_a_character_flushes_one_replacement(chains):
+    gen, tokens, finish = run(chains.engine, [chains.W])
+    assert [t.text for t in tokens] == [""]
+    assert (finish.reason, finish.text) == ("stop", "\ufffd")
+
+
 def test_end_of_text_first_gives_no_token_and_reason_stop(chains):
     gen, tokens, finish = run(chains.engine, [chains.E])
     assert tokens == [] and gen.tokens == []
@@ -246,6 +260,18 @@ def test_a_full_context_ends_with_reason_context(chains, prompt_len):
     assert finish.reason == "context"
     assert finish.completion_tokens == len(tokens) == n_ctx - prompt_len + 1
     assert chains.engine.n_past == n_ctx
+
+
+def test_a_full_context_releases_what_was_held_back(chains):
+    # Each "L" could begin the stop "LX": the last one waits and comes with Finish.
+    _, tokens, finish = run(chains.engine, [chains.L] * 28, stops=["LX"])
+    assert [t.text for t in tokens] == ["", "L", "L", "L", "L"]
+    assert (finish.reason, finish.text, finish.stop) == ("context", "L", None)
+    # Lead bytes that never become a character: each is replaced once the next arrives,
+    # the last one at the end.
+    _, tokens, finish = run(chains.engine, [chains.Z] * 28)
+    assert [t.text for t in tokens] == ["", "\ufffd", "\ufffd", "\ufffd", "\ufffd"]
+    assert (finish.reason, finish.text) == ("context", "\ufffd")
 
 
 def test_the_first_limit_reached_names_the_end(chains):
@@ -370,6 +396,13 @@ def test_a_complete_document_ends_when_the_model_wants_to_go_on(chains):
         "",
         1,
     )
+
+
+def test_a_complete_document_releases_text_held_back_for_a_stop(chains):
+    grammar = Grammar(chains.engine, 'root ::= "yes" | "no"\n')
+    _, tokens, finish = run(chains.engine, [chains.Y], stops=["s!"], grammar=grammar)
+    assert [t.text for t in tokens] == ["ye"]
+    assert (finish.reason, finish.complete, finish.text) == ("stop", True, "s")
 
 
 def test_a_document_cut_by_the_token_limit_is_not_complete(chains):

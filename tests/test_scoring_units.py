@@ -126,6 +126,8 @@ def test_text_beyond_the_memory_limit_is_refused_before_it_is_read(monkeypatch, 
 def test_the_limit_is_a_64th_of_available_memory(monkeypatch):
     monkeypatch.setattr(scoring, "available_memory", lambda: 64 << 30)
     assert max_text_bytes() == 1 << 30
+    monkeypatch.setattr(sys, "stdin", Stdin(b"some text"))
+    assert read_text(None) == "some text"  # reading up to the limit works at this size
 
 
 def test_available_memory_is_free_pages_times_page_size(monkeypatch):
@@ -155,6 +157,11 @@ def test_scores_figures_from_known_log_probabilities():
     assert s.mean_surprisal_bits() == pytest.approx(9.5 / 5 / math.log(2), rel=1e-12)
     assert s.least_likely(3) == [2, 4, 5]  # equal log probabilities: the earlier first
     assert s.least_likely(10) == [2, 4, 5, 1, 3]
+    # Many ties, as a repeated token gives: still in text order.
+    lp = np.full(301, -1.0)
+    lp[0], lp[150] = math.nan, -2.0
+    many = Scores(list(range(301)), lp, np.zeros(301, dtype=np.int64), np.zeros(301))
+    assert many.least_likely(4) == [150, 1, 2, 3]
 
 
 # -- windows and batches -------------------------------------------------------------
