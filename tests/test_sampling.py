@@ -42,6 +42,8 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
     assert top_p_count(probs, 0.8) == 2
     assert top_p_count(probs, 0.81) == 3
     assert top_p_count(probs, 1.0) == 4
+    # 1.0 is "off": a tail the cumulative sum rounds away is still kept.
+    assert top_p_count(np.array([0.5, 0.5, 1e-20]), 1.0) == 3
 
 
 def test_min_p_keeps_tokens_above_a_fraction_of_the_top():
@@ -123,7 +125,7 @@ def test_invalid_parameters_are_usage_errors(kwargs):
         SamplingParams(**kwargs).validate()
 
 
-@pytest.mark.parametrize("k", [0, 100, 4999, 5000, 6000])
+@pytest.mark.parametrize("k", [0, 10, 100, 4999, 5000, 6000])
 def test_top_k_orders_equal_logits_by_id_at_every_k(k):
     # Thousands of ties: an unstable sort (numpy's default quicksort) scrambles them.
     logits = np.random.default_rng(3).integers(0, 3, 5000).astype(np.float32)
@@ -158,3 +160,21 @@ def test_a_token_step_allocates_nothing_vocabulary_sized(params):
     finally:
         tracemalloc.stop()
     assert peak < n // 4, f"a step allocated {peak} bytes for a {n}-token vocabulary"
+
+
+def test_top_k_distribution_is_stable_for_huge_logits():
+    logits = np.zeros(100, dtype=np.float32)
+    logits[:2] = [400.0, 399.0]  # exp(800) overflows a float64
+    draw = Sampler(SamplingParams(temperature=0, top_k=2, top_p=1.0, min_p=0.0), 100).sample(logits)
+    assert draw.ids.tolist() == [0, 1]
+    assert draw.probs.tolist() == pytest.approx([1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1))])
+
+
+@pytest.mark.parametrize("top_k", [0, 50])
+def test_nothing_cut_draws_from_the_whole_vocabulary_in_id_order(top_k):
+    # Draw.ids' contract: all ids in order when nothing is cut (top-k 0 or the vocabulary).
+    logits = np.random.default_rng(1).normal(0, 1, 50).astype(np.float32)
+    params = SamplingParams(temperature=1.0, top_k=top_k, top_p=1.0, min_p=0.0, seed=0)
+    draw = Sampler(params, 50).sample(logits)
+    assert draw.ids.tolist() == list(range(50))
+    assert draw.probs.tolist() == pytest.approx(softmax(logits).tolist(), rel=1e-6)
