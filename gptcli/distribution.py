@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gptcli.sampling import top_k_ids
+
 LN2 = math.log(2.0)
 
 
@@ -87,9 +89,7 @@ def next_tokens(logits: np.ndarray, top: int, temperatures: Sequence[float]) -> 
     logits = np.asarray(logits, dtype=np.float64)
     n = logits.shape[0]
     k = min(top, n)
-    # Sorted before the stable sort, so equal logits come by id (as the sampler lists them).
-    ids = np.sort(np.argpartition(-logits, k - 1)[:k]) if k < n else np.arange(n)
-    ids = ids[np.argsort(-logits[ids], kind="stable")]
+    ids = top_k_ids(logits, k)  # the sampler's own: equal logits by id, at the cut too
     lp1 = log_softmax_rows(logits)
     per_t = [probs_at(logits, t) for t in temperatures]
     cols = [p[ids] for p in per_t]

@@ -761,7 +761,9 @@ class Grammar:
         n = self.n_vocab
         if prefix >= n:
             return None
-        ids = np.argpartition(-logits, prefix - 1)[:prefix]
+        from gptcli.sampling import top_k_ids  # equal logits at the cut by id, as mask's draw
+
+        ids = top_k_ids(logits, prefix)
         ok = ids[self.allowed_among(ids)]
         if len(ok) < k:
             return None

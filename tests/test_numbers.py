@@ -129,6 +129,10 @@ def test_next_tokens_top_k_of_many_and_ties_by_id():
     top = np.sort(rng.choice(200, size=40, replace=False))
     tied[top] = 5.0  # forty equal maxima: listed in id order
     assert [c.id for c in next_tokens(tied, 40, [1.0]).candidates] == top.tolist()
+    # Ties at the cut: the lowest ids of the equal logits make the list, not any few.
+    assert [c.id for c in next_tokens(tied, 45, [1.0]).candidates][40:] == [
+        i for i in range(200) if i not in set(top.tolist())
+    ][:5]
     # float32 logits give the same numbers as float64 ones.
     as32 = next_tokens(logits.astype(np.float32), 3, [1.0])
     assert as32.candidates[0].probs[0] == pytest.approx(nt.candidates[0].probs[0], rel=1e-6)
