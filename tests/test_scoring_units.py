@@ -121,6 +121,25 @@ def test_text_beyond_the_memory_limit_is_refused_before_it_is_read(monkeypatch, 
         read_text(None)  # read up to the limit and one byte: the size shown is that much
     monkeypatch.setattr(sys, "stdin", Stdin(b"a" * (1 << 20)))
     assert len(read_text(None)) == 1 << 20
+    # A stdin that gives text only is bounded the same way.
+    monkeypatch.setattr(sys, "stdin", Stdin(b"a" * 1_200_000, text_only=True))
+    with pytest.raises(UsageError, match="^the text is 1.0 MB; scoring more than 1.0 MB"):
+        read_text(None)
+    monkeypatch.setattr(sys, "stdin", Stdin(b"a" * (1 << 20), text_only=True))
+    assert len(read_text(None)) == 1 << 20
+
+
+def test_sizes_are_shown_in_megabytes_of_a_million_bytes(monkeypatch, tmp_path):
+    # 1,050,000 bytes is 1.05 MB: shown as 1.1 (and the limit, 1,048,576, as 1.0).
+    monkeypatch.setattr(scoring, "available_memory", lambda: 0)
+    text = tmp_path / "t.txt"
+    text.write_bytes(b"a" * 1_050_000)
+    with refused("the text is 1.1 MB; scoring more than 1.0 MB .*"):
+        read_text(text)
+    monkeypatch.setattr(scoring, "available_memory", lambda: 1_050_000 * 64)
+    text.write_bytes(b"a" * 1_100_000)
+    with refused("the text is 1.1 MB; scoring more than 1.1 MB .*"):
+        read_text(text)
 
 
 def test_the_limit_is_a_64th_of_available_memory(monkeypatch):
