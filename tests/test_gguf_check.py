@@ -384,9 +384,10 @@ def test_each_string_array_element_is_bounded(write, count):
     start = header_end({"a": (ARR, head)})  # where the last element's length starts
     path = write(file_with(struct.pack("<Q", 2**30 + 1) + b"x"))
     assert refusal(path) == invalid(path, "element of a claims 1073741825 bytes")
-    path = write(file_with(struct.pack("<Q", 5) + b"xy"))
     what = f"element of a runs past the end of the file at byte {start + 8}"
-    assert refusal(path) == invalid(path, what)
+    for claim in (5, 2**30):  # the limit itself is allowed: the file is too short
+        path = write(file_with(struct.pack("<Q", claim) + b"xy"))
+        assert refusal(path) == invalid(path, what)
     path = write(file_with(b"\0" * 7))
     what = f"element of a length runs past the end of the file at byte {start}"
     assert refusal(path) == invalid(path, what)
