@@ -359,6 +359,7 @@ def test_finish_while_interrupted_counts_what_was_generated(chains, clocked):
     assert (first.index, second.index) == (0, 1)
     finish = gen.finish("interrupted")
     assert (finish.reason, finish.prompt_tokens, finish.completion_tokens) == ("interrupted", 2, 2)
+    assert (finish.text, finish.stop, finish.complete) == ("", None, None)
     # prefill 0.5, draw, step, draw: the clock stands at 0.875
     assert (finish.timings.prompt_s, finish.timings.ttft_s) == (0.5, 0.5625)
     assert finish.timings.generation_s == 0.375
@@ -419,7 +420,8 @@ def tiny(tiny_model):
 
 
 def recorded_run(engine, prompt, params, gbnf, max_tokens, **kw):
-    """Run under a grammar, keeping a float64 copy of every logits row the loop saw."""
+    """Run (under a grammar unless gbnf is None), keeping a float64 copy of every logits
+    row the loop saw."""
     seen = []
     prefill, step = engine.prefill, engine.step
 
@@ -435,7 +437,7 @@ def recorded_run(engine, prompt, params, gbnf, max_tokens, **kw):
             engine.tokenize(prompt),
             Sampler(params, engine.n_vocab),
             max_tokens,
-            grammar=Grammar(engine, gbnf),
+            grammar=Grammar(engine, gbnf) if gbnf else None,
             **kw,
         )
         events = [e for e in gen if isinstance(e, TokenEvent)]
@@ -470,8 +472,9 @@ LOWER = 'root ::= [a-z ]+ "!"\n'  # never complete before "!": a refused draw is
         SamplingParams(temperature=0.7, top_k=40, top_p=1.0, min_p=0.0, seed=3),
         SamplingParams(temperature=1.3, top_k=0, top_p=1.0, min_p=0.0, seed=0),
         SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0),
+        SamplingParams(temperature=0.9, top_k=40, top_p=1.0, min_p=0.0, repeat_penalty=3, seed=1),
     ],
-    ids=["top-k 40, T=0.7", "whole vocabulary, T=1.3", "greedy"],
+    ids=["top-k 40, T=0.7", "whole vocabulary, T=1.3", "greedy", "repetition penalty"],
 )
 def test_the_distribution_under_a_grammar_is_the_allowed_part_renormalised(tiny, params):
     events, seen = recorded_run(
@@ -480,9 +483,14 @@ def test_the_distribution_under_a_grammar_is_the_allowed_part_renormalised(tiny,
     replay = Grammar(tiny, LOWER)
     t = params.temperature or 1.0  # greedy reports the distribution at T=1
     kinds = set()
-    for event, logits in zip(events, seen, strict=False):
-        allowed = np.isfinite(replay.mask(logits.astype(np.float32)))
-        lsm = logits - np.logaddexp.reduce(logits)
+    history = tiny.tokenize("The")
+    for event, raw in zip(events, seen, strict=False):
+        allowed = np.isfinite(replay.mask(raw.astype(np.float32)))
+        lsm = raw - np.logaddexp.reduce(raw)
+        logits = raw.copy()  # llama.cpp's penalty: each recent token once, by sign
+        for tok in set(history[-params.repeat_last_n :]) if params.repeat_penalty != 1 else ():
+            x = logits[tok]
+            logits[tok] = x / params.repeat_penalty if x > 0 else x * params.repeat_penalty
         cand = top_k(logits, params.top_k)  # the candidates before the grammar
         full = softmax64(logits[cand], t)
         if event.forced is None:
@@ -520,10 +528,20 @@ def test_the_distribution_under_a_grammar_is_the_allowed_part_renormalised(tiny,
             else:
                 assert a.logprob is None  # cut by the grammar
         replay.accept(event.id)
+        history.append(event.id)
     if params.temperature:
         assert kinds == {"kept", "forced"}, kinds
     else:
         assert "forced" in kinds
+
+
+def test_model_probs_alone_report_the_raw_log_probability(tiny):
+    params = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
+    events, seen = recorded_run(tiny, "The", params, None, 4, model_probs=True)
+    for event, logits in zip(events, seen, strict=False):
+        assert event.id == int(np.argmax(logits)) and event.draw.top == ()
+        lsm = logits - np.logaddexp.reduce(logits)
+        assert event.draw.model_logprob == pytest.approx(lsm[event.id], abs=1e-4)
 
 
 def test_model_probs_alone_keep_the_raw_log_probability_after_a_redraw(tiny):
