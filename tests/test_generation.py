@@ -174,6 +174,7 @@ def test_a_character_split_over_three_tokens_is_released_once_whole(chains):
     assert [t.piece for t in tokens] == [b"\xe2", b"\x82", b"\xac", b"!"]
     assert [t.text for t in tokens] == ["", "", "€", "!"]
     assert [t.index for t in tokens] == [0, 1, 2, 3]
+    assert [t.forced for t in tokens] == [None] * 4  # no grammar: nothing was forced
     assert (finish.reason, finish.text, finish.stop, finish.complete) == ("stop", "", None, None)
     assert (finish.prompt_tokens, finish.completion_tokens) == (1, 4)  # end of text not counted
     assert gen.tokens == [t.id for t in tokens]
