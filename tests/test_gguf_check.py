@@ -168,6 +168,13 @@ def test_read_errors_name_the_path(tmp_path):
     assert refusal(under_a_file) == f"cannot read model file {under_a_file}: Not a directory"
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_file_is_named(write):
+    path = write(no_kv())
+    path.chmod(0)
+    assert refusal(path) == f"model file is not readable (permission denied): {path}"
+
+
 def test_counts_are_bounded_by_the_file_size(write):
     # At least 13 bytes per metadata entry and 29 per tensor: a count the size allows
     # is parsed (and fails on what follows); one more is refused before any loop.
