@@ -246,7 +246,7 @@ def poisoned(tmp_path_factory, tokenizer):
     ids=["first token", "second batch", "second window, fourth batch", "third window"],
 )
 def test_the_first_nan_row_is_named_by_the_token_it_predicts(poisoned, n_ctx, n_batch, at):
-    tokens = [501] * 120
+    tokens = [501] * 300
     tokens[at] = 500
     with Engine(poisoned, EngineOptions(n_ctx=n_ctx, n_batch=n_batch, n_threads=1)) as engine:
         with pytest.raises(NonFiniteLogits) as e:
@@ -263,3 +263,37 @@ def test_a_text_without_nan_scores_every_token_on_the_logit_model(poisoned):
     lse = 64 + math.log1p((n_vocab - 1) * math.exp(-64))
     np.testing.assert_allclose(s.logprobs[1:], [64 - lse, 0 - lse, 64 - lse], atol=0.1)
     assert s.best_ids[1:].tolist() == [501, 501, 501]
+
+
+@pytest.mark.parametrize("at", [164, 260])
+def test_the_nan_position_is_the_first_nan_row_llama_cpp_python_computes(poisoned, at):
+    # Mid-batch, llama.cpp turns rows before the poison to NaN too (a NaN key): the
+    # position named is that of the first scored row its own Python binding gives as NaN,
+    # windows of 256 overlapping by 128, batches of 100, rows taken 64 at a time.
+    tokens = [501] * 300
+    tokens[at] = 500
+    with Engine(poisoned, EngineOptions(n_ctx=N_CTX, n_batch=N_BATCH, n_threads=1)) as engine:
+        with pytest.raises(NonFiniteLogits) as e:
+            score_tokens(engine, tokens)
+    llm = reference_llama(
+        poisoned,
+        logits_all=True,
+        flash_attn=True,
+        n_ctx=N_CTX,
+        n_batch=N_BATCH,
+        n_ubatch=N_BATCH,
+        n_threads=1,
+    )
+    want = None
+    for start, first, end in [(0, 1, N_CTX), (N_CTX // 2, N_CTX, len(tokens))]:
+        llm.reset()
+        part = tokens[start : start + N_CTX]
+        llm.eval(part)
+        rows = np.array(llm.scores[: len(part)], dtype=np.float64)
+        bad = [i for i in range(first, end) if np.isnan(rows[i - start - 1]).any()]
+        if bad:
+            want = bad[0]
+            break
+    llm.close()
+    assert want is not None and want <= at + 1
+    assert e.value.position == want
