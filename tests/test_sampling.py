@@ -178,3 +178,56 @@ def test_nothing_cut_draws_from_the_whole_vocabulary_in_id_order(top_k):
     draw = Sampler(params, 50).sample(logits)
     assert draw.ids.tolist() == list(range(50))
     assert draw.probs.tolist() == pytest.approx(softmax(logits).tolist(), rel=1e-6)
+
+
+def ranked(logits: np.ndarray) -> list[int]:
+    """Ids by logit, ties by id: the order the sampler documents for its candidates."""
+    return sorted(range(len(logits)), key=lambda i: (-logits[i], i))
+
+
+def test_min_p_candidates_keep_ties_in_id_order():
+    logits = np.random.default_rng(5).integers(0, 3, 5000).astype(np.float32)
+    params = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.5)
+    draw = Sampler(params, 5000).sample(logits)
+    top = [i for i in ranked(logits) if logits[i] == logits.max()]
+    assert draw.ids.tolist() == top  # p >= 0.5 p_max keeps exactly the maxima
+    assert draw.token == top[0]
+
+
+def test_top_p_alone_on_a_flat_distribution_keeps_the_smallest_set_reaching_the_mass():
+    # Nearly flat: the first partial sorts hold too little mass, the search must grow.
+    logits = np.random.default_rng(6).normal(0, 0.1, 5000).astype(np.float32)
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=0.9, min_p=0.0, seed=0)
+    draw = Sampler(params, 5000).sample(logits)
+    order = ranked(logits)
+    p = softmax(logits)[order]
+    n = int(np.searchsorted(np.cumsum(p), 0.9) + 1)
+    assert 4000 < n < 5000
+    assert draw.ids.tolist() == order[:n]
+    assert draw.probs.tolist() == pytest.approx((p[:n] / p[:n].sum()).tolist(), rel=1e-5)
+
+
+def test_top_k_at_a_temperature_other_than_1_rescales_the_kept_logits():
+    logits = np.array([3.0, 2.0, 1.0, 0.0, -1.0], dtype=np.float32)
+    for t in (0.5, 2.0):
+        params = SamplingParams(temperature=t, top_k=3, top_p=1.0, min_p=0.0, seed=0)
+        draw = Sampler(params, 5).sample(logits)
+        z = np.exp(np.array([3.0, 2.0, 1.0]) / t)
+        assert draw.probs.tolist() == pytest.approx((z / z.sum()).tolist(), rel=1e-6)
+
+
+@pytest.mark.parametrize("penalty", [2.0, 1.5])
+def test_repetition_penalty_changes_the_drawn_distribution(penalty):
+    logits = np.array([2.0, 1.0, -1.0, 0.5], dtype=np.float32)
+    params = SamplingParams(
+        temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=penalty, seed=0
+    )
+    draw = Sampler(params, 4).sample(logits, [0, 2, 0])
+    z = np.array([2.0 / penalty, 1.0, -1.0 * penalty, 0.5])
+    assert draw.probs.tolist() == pytest.approx(softmax(z).tolist(), rel=1e-6)
+    assert logits.tolist() == [2.0, 1.0, -1.0, 0.5]  # the caller's logits untouched
+
+
+def test_alternatives_and_model_probability_only_when_asked():
+    draw = Sampler(SamplingParams(seed=0), 4).sample(np.array([3.0, 1, 0, -1], np.float32))
+    assert draw.top == () and draw.model_logprob is None
