@@ -117,6 +117,8 @@ def chains(tmp_path_factory, tokenizer):
         xac=byte_token(tokenizer, 0xAC),
         c3=byte_token(tokenizer, 0xC3),
         W=t(b"W"),
+        K=t(b"K"),
+        ll=t(b"ll"),
         Z=t(b"Z"),
         e3=byte_token(tokenizer, 0xE3),
         f0=byte_token(tokenizer, 0xF0),
@@ -131,6 +133,8 @@ def chains(tmp_path_factory, tokenizer):
         ids.V: ids.c3,  # V -> C3 -> !: a character started, never finished
         ids.c3: ids.bang,
         ids.L: ids.L,  # L -> L -> L ... until the context is full
+        ids.K: ids.ll,  # K -> "ll" -> end of text: one token holding a stop twice
+        ids.ll: ids.eos,
         ids.W: ids.e3,  # W -> E3 -> end of text: the text ends inside a character
         ids.e3: ids.eos,
         ids.Z: ids.f0,  # Z -> F0 -> F0 ...: lead bytes only, until the context is full
@@ -226,12 +230,24 @@ def test_a_stop_spanning_a_split_character(chains):
     # "€!" is found only once "!" arrives; nothing of it is released before.
     _, tokens, finish = run(chains.engine, [chains.U], stops=["€!"])
     assert [t.text for t in tokens] == ["", "", "", ""]
+    # The token that completed the stop is reported like any other.
+    assert [t.index for t in tokens] == [0, 1, 2, 3]
+    assert [t.id for t in tokens] == [chains.e2, chains.x82, chains.xac, chains.bang]
+    assert [t.draw.token for t in tokens] == [t.id for t in tokens]
+    assert tokens[-1].piece == b"!" and tokens[-1].forced is None
     assert (finish.reason, finish.stop, finish.text, finish.completion_tokens) == (
         "stop",
         "€!",
         "",
         4,
     )
+
+
+def test_a_stop_twice_in_one_token_cuts_at_the_first(chains):
+    _, tokens, finish = run(chains.engine, [chains.K], stops=["l"])
+    assert [t.piece for t in tokens] == [b"ll"]
+    assert [t.text for t in tokens] == [""]
+    assert (finish.reason, finish.stop, finish.text) == ("stop", "l", "")
 
 
 def test_text_before_a_stop_inside_the_last_token_is_released(chains):
@@ -405,6 +421,16 @@ def test_a_complete_document_releases_text_held_back_for_a_stop(chains):
     _, tokens, finish = run(chains.engine, [chains.Y], stops=["s!"], grammar=grammar)
     assert [t.text for t in tokens] == ["ye"]
     assert (finish.reason, finish.complete, finish.text) == ("stop", True, "s")
+
+
+def test_a_forced_token_that_completes_a_stop_keeps_its_mark(chains):
+    # The model wants "yes"; the grammar only allows "no": every token is a redraw.
+    grammar = Grammar(chains.engine, 'root ::= "no"\n')
+    _, tokens, finish = run(chains.engine, [chains.Y], stops=["o"], grammar=grammar)
+    assert (finish.reason, finish.stop) == ("stop", "o")
+    assert "".join(t.text for t in tokens) == "n"
+    assert tokens[0].forced is not None and tokens[0].forced.wanted == chains.yes
+    assert all(t.forced is not None for t in tokens)
 
 
 def test_a_document_cut_by_the_token_limit_is_not_complete(chains):
