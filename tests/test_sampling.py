@@ -108,21 +108,32 @@ def test_model_logprob_and_alternatives():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, message",
     [
-        {"temperature": -0.1},
-        {"temperature": float("nan")},
-        {"top_p": 0.0},
-        {"top_p": 1.5},
-        {"min_p": -0.1},
-        {"top_k": -1},
-        {"repeat_penalty": 0.0},
-        {"seed": -1},
+        ({"temperature": -0.1}, "temperature must be 0 (greedy) or more, got -0.1"),
+        ({"temperature": float("nan")}, "temperature must be 0 (greedy) or more, got nan"),
+        ({"top_p": 0.0}, "top-p must be in (0, 1], got 0.0"),
+        ({"top_p": 1.5}, "top-p must be in (0, 1], got 1.5"),
+        ({"min_p": -0.1}, "min-p must be in [0, 1], got -0.1"),
+        ({"min_p": 1.01}, "min-p must be in [0, 1], got 1.01"),
+        ({"top_k": -1}, "top-k must be 0 (off) or more, got -1"),
+        ({"repeat_penalty": 0.0}, "repeat penalty must be above 0, got 0.0"),
+        ({"repeat_penalty": float("inf")}, "repeat penalty must be above 0, got inf"),
+        ({"repeat_last_n": -1}, "repeat-last-n must be 0 or more, got -1"),
+        ({"seed": -1}, "seed must be 0 or more, got -1"),
     ],
 )
-def test_invalid_parameters_are_usage_errors(kwargs):
-    with pytest.raises(UsageError):
+def test_invalid_parameters_are_usage_errors_that_say_which(kwargs, message):
+    with pytest.raises(UsageError) as e:
         SamplingParams(**kwargs).validate()
+    assert str(e.value) == message
+
+
+def test_the_edges_of_every_range_are_valid():
+    edges = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 1.0, "repeat_last_n": 0}
+    for name, value in edges.items():
+        SamplingParams(**{name: value}).validate()
+    SamplingParams(min_p=0.0, seed=0, repeat_penalty=1e-3).validate()
 
 
 @pytest.mark.parametrize("k", [0, 10, 100, 4999, 5000, 6000])
