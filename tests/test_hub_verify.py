@@ -6,6 +6,7 @@ id. (test_hub.py runs the same paths end to end through a loopback hub.)"""
 from __future__ import annotations
 
 import hashlib
+import tracemalloc
 
 import pytest
 
@@ -84,7 +85,13 @@ def test_hashing_a_large_cached_file_shows_every_byte_on_a_bar(tmp_path, extra, 
         fh.truncate(size)  # sparse: zeros, no disk
     f = RemoteFile("big.gguf", size, sha256=hashlib.sha256(b"\0" * size).hexdigest())
     progress = hub._Progress()  # not started: rich tracks the tasks, draws nothing
-    assert hub._verified_blob(path, f, progress, "org/repo/big.gguf") is True
+    tracemalloc.start()
+    try:
+        assert hub._verified_blob(path, f, progress, "org/repo/big.gguf") is True
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * hub._CHUNK  # read chunk by chunk: a 20 GB model is not read into memory
     tasks = progress.progress.tasks
     if not shown:
         assert tasks == []

@@ -136,3 +136,36 @@ def test_next_tokens_top_k_of_many_and_ties_by_id():
     # float32 logits give the same numbers as float64 ones.
     as32 = next_tokens(logits.astype(np.float32), 3, [1.0])
     assert as32.candidates[0].probs[0] == pytest.approx(nt.candidates[0].probs[0], rel=1e-6)
+
+
+def test_float32_logits_give_float64_numbers():
+    # llama.cpp hands over float32 logits; every measure is computed in float64, so
+    # --json carries the same digits as a float64 computation (math.fsum: exact sums).
+    x32 = np.random.default_rng(2).normal(0, 5, 4000).astype(np.float32)
+    x = x32.astype(np.float64)
+    lse = x.max() + math.log(math.fsum(np.exp(x - x.max())))
+    assert np.abs(log_softmax_rows(x32) - (x - lse)).max() < 1e-12
+    z = x / 0.7
+    want = np.exp(z - z.max()) / math.fsum(np.exp(z - z.max()))
+    assert np.abs(probs_at(x32, 0.7) - want).max() < 1e-15
+    lp = (x - lse).astype(np.float32)
+    assert perplexity(lp) == pytest.approx(
+        math.exp(-math.fsum(lp.astype(np.float64)) / len(lp)), rel=1e-13
+    )
+    nt = next_tokens(x32, 3, [1.0])
+    assert nt.candidates[0].logprob == pytest.approx(float(x.max() - lse), abs=1e-12)
+
+
+def test_rows_of_very_different_scales_each_get_their_own_softmax():
+    # score stacks many positions; each row is shifted by its own maximum.
+    lp = log_softmax_rows(np.array([[0.0, 1.0], [-1000.0, -999.0]]))
+    assert np.isfinite(lp).all()
+    assert lp[1].tolist() == pytest.approx(lp[0].tolist(), abs=1e-12)
+
+
+def test_cumulative_mass_never_exceeds_one():
+    # Seed 0: the float64 cumulative sum of these 50 probabilities rounds to 1 + 2e-16.
+    logits = np.random.default_rng(0).normal(0, 3, 50)
+    nt = next_tokens(logits, 50, [1.0, 0.5])
+    assert all(c <= 1.0 for cand in nt.candidates for c in cand.cumulative)
+    assert nt.candidates[-1].cumulative[0] == 1.0
