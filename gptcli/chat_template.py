@@ -67,7 +67,6 @@ def render_plain(messages: list[dict], add_generation_prompt: bool = True) -> st
 
 def _environment(deadline: float):
     from jinja2 import nodes
-    from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def check_time() -> None:
@@ -107,13 +106,19 @@ def _environment(deadline: float):
 
         def call_binop(self, context, operator, left, right):
             check_time()
+            # Bounds of our own, named in the refusal (not jinja's "Python internals").
             if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
-                raise SecurityError("exponent too large in chat template")
+                raise TemplateError(
+                    f"the model's chat template raises to a power over 64 ({right}); refused"
+                )
             if operator == "*":
                 for seq, n in ((left, right), (right, left)):
                     if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
                         if len(seq) * n > MAX_REPEAT:
-                            raise SecurityError("repetition too large in chat template")
+                            raise TemplateError(
+                                "the model's chat template repeats a text or list to over "
+                                f"{MAX_REPEAT:,} items; refused"
+                            )
             return super().call_binop(context, operator, left, right)
 
     env = _Env(trim_blocks=True, lstrip_blocks=True, autoescape=False)

@@ -87,17 +87,17 @@ def test_repetition_up_to_the_limit_passes_and_one_more_is_refused(expr):
     at = render_template("{{ (" + expr.replace("N", str(MAX_REPEAT)) + ") | length }}", [])
     assert at == str(MAX_REPEAT)
     over = refusal("{{ (" + expr.replace("N", str(MAX_REPEAT + 1)) + ") | length }}", [])
-    assert "tried to reach Python internals" in over or "too" in over
     assert over == (
-        "the model's chat template tried to reach Python internals; refused "
-        "(the file may be malicious)"
+        "the model's chat template repeats a text or list to over 100,000 items; refused"
     )
 
 
 def test_exponent_up_to_64_passes_and_65_is_refused():
     assert render_template("{{ 2 ** 64 }}|{{ 2 ** -64 > 0 }}", []) == f"{2**64}|True"
-    assert "Python internals" in refusal("{{ 2 ** 65 }}", [])
-    assert "Python internals" in refusal("{{ 2 ** -65 }}", [])
+    assert refusal("{{ 2 ** 65 }}", []) == (
+        "the model's chat template raises to a power over 64 (65); refused"
+    )
+    assert refusal("{{ 2 ** -65.0 }}", []).endswith("power over 64 (-65.0); refused")
 
 
 def test_output_up_to_the_limit_passes_and_one_more_character_is_refused():
