@@ -197,12 +197,13 @@ def ranked(logits: np.ndarray) -> list[int]:
 
 
 def test_min_p_candidates_keep_ties_in_id_order():
-    logits = np.random.default_rng(5).integers(0, 3, 5000).astype(np.float32)
+    # Three values, thousands of each: min-p 0.5 keeps the two highest, ties by id.
+    logits = np.random.default_rng(5).integers(0, 3, 5000).astype(np.float32) * 0.5
     params = SamplingParams(temperature=0, top_k=0, top_p=1.0, min_p=0.5)
     draw = Sampler(params, 5000).sample(logits)
-    top = [i for i in ranked(logits) if logits[i] == logits.max()]
-    assert draw.ids.tolist() == top  # p >= 0.5 p_max keeps exactly the maxima
-    assert draw.token == top[0]
+    kept = [i for i in ranked(logits) if logits[i] >= 0.5]  # e^-0.5 >= 0.5 > e^-1
+    assert draw.ids.tolist() == kept
+    assert draw.token == kept[0]
 
 
 def test_top_p_alone_on_a_flat_distribution_keeps_the_smallest_set_reaching_the_mass():
