@@ -225,3 +225,18 @@ def test_refusal_messages_are_exact():
         refusal("{{ 1 // 0 }}")
         == "the model's chat template failed: integer division or modulo by zero"
     )
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os.system('true') }}",
+        "{{ messages.append(1) }}",  # the sandbox is immutable too
+    ],
+)
+def test_reaching_for_python_internals_is_refused_in_so_many_words(template):
+    assert refusal(template) == (
+        "the model's chat template tried to reach Python internals; refused "
+        "(the file may be malicious)"
+    )
