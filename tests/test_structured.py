@@ -199,7 +199,7 @@ def test_format_json_gives_one_json_value(smol):
 def test_each_line_with_a_schema_gives_valid_json_lines(tiny_model, tmp_path):
     schema = tmp_path / "review.json"
     schema.write_text(json.dumps(REVIEW))
-    lines = [f"review number {i}: {'good' if i % 2 else 'bad'} product" for i in range(30)]
+    lines = [f"review number {i}: {'good' if i % 2 else 'bad'} product" for i in range(12)]
     r = run_gptcli(
         "generate", "-m", str(tiny_model), "--each-line", "--json-schema", str(schema),
         "--seed", "1", "-n", "80", "--threads", "1", "Extract the sentiment:",
