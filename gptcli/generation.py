@@ -191,8 +191,10 @@ class Generation:
 
 def _restricted(draw: Draw, allowed: np.ndarray) -> Draw:
     """The draw's distribution with the forbidden candidates removed, renormalised: what
-    the token was drawn from in effect (a first draw kept when allowed, a redraw from
-    the masked distribution otherwise, gives each allowed token exactly this chance)."""
+    the token was drawn from in effect. Exact when nothing was cut (a first draw kept
+    when allowed, a redraw from the masked distribution otherwise, gives each allowed
+    token this chance); after top-k/top-p a redraw may reach allowed tokens the first
+    cut left out, so there it is the first draw's share, not the whole chance."""
     if allowed.all():
         return draw
     probs = draw.probs * allowed
