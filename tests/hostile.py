@@ -432,18 +432,31 @@ def write_logit_model(
 ) -> Path:
     """A tiny llama GGUF whose next token is always `favourite`.
 
-    The blocks add nothing (zero attention output and FFN down weights), every token
-    embedding is the same vector of ones, and the output matrix is zero but for the
-    row of `favourite`: its logit is d_model, every other logit 0, at every position.
-    With `poisoned`, that token's embedding is NaN: the step after it is generated
-    gives NaN logits (a broken quantization, made on purpose)."""
+    Every token embedding is the same vector of ones, and the output matrix is zero but
+    for the row of `favourite`: its logit is d_model, every other logit 0, at every
+    position. With `poisoned`, that token's embedding is NaN: the step after it is
+    generated gives NaN logits (a broken quantization, made on purpose)."""
+    import numpy as np
+
+    embd = np.ones((len(tokenizer.tokens), d_model), dtype=np.float16)
+    if poisoned is not None:
+        embd[poisoned] = np.nan
+    out = np.zeros_like(embd)
+    out[favourite] = 1.0
+    return write_passthrough_model(path, tokenizer, embd, out, "logit-model")
+
+
+def write_passthrough_model(path: Path, tokenizer, embd, out, name: str) -> Path:
+    """A one-layer llama GGUF whose block adds nothing (zero attention output and FFN
+    down weights): the logits of a token are `out` times its normalised embedding row,
+    so a test chooses every next-token distribution by writing two matrices."""
     import gguf
     import numpy as np
 
-    n_vocab, d, n_ff, n_heads, n_kv = len(tokenizer.tokens), d_model, 128, 4, 2
+    d, n_ff, n_heads, n_kv = embd.shape[1], 128, 4, 2
     head = d // n_heads
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("logit-model")
+    w.add_name(name)
     w.add_context_length(256)
     w.add_embedding_length(d)
     w.add_block_count(1)
@@ -462,11 +475,6 @@ def write_logit_model(
     w.add_bos_token_id(tokenizer.bos_id)
     w.add_eos_token_id(tokenizer.eos_id)
     w.add_add_bos_token(False)
-    embd = np.ones((n_vocab, d), dtype=np.float16)
-    if poisoned is not None:
-        embd[poisoned] = np.nan
-    out = np.zeros((n_vocab, d), dtype=np.float16)
-    out[favourite] = 1.0
     small = np.full((d, d), 0.01, dtype=np.float16)
     tensors = {
         "token_embd.weight": embd,
@@ -476,14 +484,14 @@ def write_logit_model(
         "blk.0.attn_q.weight": small,
         "blk.0.attn_k.weight": small[: n_kv * head],
         "blk.0.attn_v.weight": small[: n_kv * head],
-        "blk.0.attn_output.weight": np.zeros((d, d), dtype=np.float16),
+        "blk.0.attn_output.weight": np.zeros((d, d), dtype=np.float16),  # attention adds 0
         "blk.0.ffn_norm.weight": np.ones(d, dtype=np.float32),
         "blk.0.ffn_gate.weight": np.full((n_ff, d), 0.01, dtype=np.float16),
         "blk.0.ffn_up.weight": np.full((n_ff, d), 0.01, dtype=np.float16),
-        "blk.0.ffn_down.weight": np.zeros((d, n_ff), dtype=np.float16),
+        "blk.0.ffn_down.weight": np.zeros((d, n_ff), dtype=np.float16),  # the MLP adds 0
     }
-    for name, data in tensors.items():
-        w.add_tensor(name, data)
+    for tensor, data in tensors.items():
+        w.add_tensor(tensor, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -38,31 +38,10 @@ def byte_token(tokenizer, b: int) -> int:
 
 def write_chain_model(path, tokenizer, edges: dict[int, int], strength: float = 2.0):
     """A tiny llama GGUF whose next token after token a is edges[a] (greedily)."""
-    import gguf
+    from hostile import write_passthrough_model
 
-    n_vocab, d, n_ff, n_heads, n_kv = len(tokenizer.tokens), 64, 128, 4, 2
+    n_vocab, d = len(tokenizer.tokens), 64
     assert len(edges) < d
-    head = d // n_heads
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("chain-model")
-    w.add_context_length(256)
-    w.add_embedding_length(d)
-    w.add_block_count(1)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_heads)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_dimension_count(head)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(tokenizer.pre)
-    w.add_token_list(tokenizer.tokens)
-    w.add_token_types(tokenizer.token_types)
-    w.add_token_merges(tokenizer.merges)
-    w.add_bos_token_id(tokenizer.bos_id)
-    w.add_eos_token_id(tokenizer.eos_id)
-    w.add_add_bos_token(False)
     embd = np.zeros((n_vocab, d), dtype=np.float16)
     embd[:, 0] = 1.0  # tokens not in the chain: direction 0, which predicts nothing
     out = np.zeros((n_vocab, d), dtype=np.float16)
@@ -70,28 +49,7 @@ def write_chain_model(path, tokenizer, edges: dict[int, int], strength: float = 
         embd[a] = 0.0
         embd[a, j] = 1.0
         out[b, j] = strength
-    small = np.full((d, d), 0.01, dtype=np.float16)
-    tensors = {
-        "token_embd.weight": embd,
-        "output_norm.weight": np.ones(d, dtype=np.float32),
-        "output.weight": out,
-        "blk.0.attn_norm.weight": np.ones(d, dtype=np.float32),
-        "blk.0.attn_q.weight": small,
-        "blk.0.attn_k.weight": small[: n_kv * head],
-        "blk.0.attn_v.weight": small[: n_kv * head],
-        "blk.0.attn_output.weight": np.zeros((d, d), dtype=np.float16),  # attention adds 0
-        "blk.0.ffn_norm.weight": np.ones(d, dtype=np.float32),
-        "blk.0.ffn_gate.weight": np.full((n_ff, d), 0.01, dtype=np.float16),
-        "blk.0.ffn_up.weight": np.full((n_ff, d), 0.01, dtype=np.float16),
-        "blk.0.ffn_down.weight": np.zeros((d, n_ff), dtype=np.float16),  # the MLP adds 0
-    }
-    for name, data in tensors.items():
-        w.add_tensor(name, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return write_passthrough_model(path, tokenizer, embd, out, "chain-model")
 
 
 class Chains(types.SimpleNamespace):
