@@ -297,3 +297,33 @@ def test_the_nan_position_is_the_first_nan_row_llama_cpp_python_computes(poisone
     llm.close()
     assert want is not None and want <= at + 1
     assert e.value.position == want
+
+
+@pytest.fixture(scope="module")
+def overflowing(tmp_path_factory, tokenizer):
+    """Token 600's row overflows to +inf (no NaN anywhere); every other row is finite."""
+    from hostile import write_passthrough_model
+
+    n_vocab, d = len(tokenizer.tokens), 64
+    embd = np.ones((n_vocab, d), dtype=np.float16)
+    embd[600] = 0.0
+    embd[600, 0] = 1.0  # normalised: 8 in direction 0, where token 501's weight is 3e38
+    out = np.zeros((n_vocab, d), dtype=np.float32)
+    out[501, 0] = 3e38  # 3e38 x 1 is a float32; 3e38 x 8 is +inf
+    path = tmp_path_factory.mktemp("inf") / "overflowing.gguf"
+    return write_passthrough_model(path, tokenizer, embd, out, "overflow-model")
+
+
+def test_an_infinite_row_without_nan_is_named_too(overflowing):
+    tokens = [501] * 20
+    tokens[10] = 600
+    with Engine(overflowing, EngineOptions(n_ctx=32, n_threads=1)) as engine:
+        with pytest.raises(NonFiniteLogits) as e:
+            score_tokens(engine, tokens)
+    assert e.value.position == 11  # the row after token 600 predicts token 11
+    llm = reference_llama(overflowing, logits_all=True, n_ctx=32, n_threads=1)
+    llm.eval(tokens)
+    rows = np.array(llm.scores[: len(tokens)], dtype=np.float64)
+    llm.close()
+    assert not np.isnan(rows).any()  # +inf alone: a check for NaN only would pass it
+    assert np.isposinf(rows[10, 501]) and np.isfinite(np.delete(rows, 10, axis=0)).all()
