@@ -194,16 +194,12 @@ def long_tokens():
     return np.random.default_rng(11).integers(100, 5000, size=300).tolist()
 
 
-def test_windows_and_batches_give_llama_cpp_pythons_numbers(tiny_model, long_tokens):
-    tokens = long_tokens
-    opts = EngineOptions(n_ctx=N_CTX, n_batch=N_BATCH, n_threads=1)
-    with Engine(tiny_model, opts) as engine:
-        scores = score_tokens(engine, tokens)
-        assert engine.n_past == 0  # the context is left empty
-    # The rule: tokens 1..255 are predicted in the first window, the others in the window
-    # starting half a context later, so each sees at least half a context before it.
+def reference_rows(path, tokens):
+    """(i, llama-cpp-python's logits row predicting token i) for every scored token, in
+    score's windows: tokens 1..255 in the first, the others in the window starting half a
+    context later, so each sees at least half a context before it."""
     llm = reference_llama(
-        tiny_model,
+        path,
         logits_all=True,
         flash_attn=True,
         n_ctx=N_CTX,
@@ -211,18 +207,29 @@ def test_windows_and_batches_give_llama_cpp_pythons_numbers(tiny_model, long_tok
         n_ubatch=N_BATCH,
         n_threads=1,
     )
+    try:
+        for start, first, end in [(0, 1, N_CTX), (N_CTX // 2, N_CTX, len(tokens))]:
+            llm.reset()
+            part = tokens[start : start + N_CTX]
+            llm.eval(part)
+            rows = np.array(llm.scores[: len(part)], dtype=np.float64)
+            for i in range(first, end):
+                yield i, rows[i - start - 1]
+    finally:
+        llm.close()
+
+
+def test_windows_and_batches_give_llama_cpp_pythons_numbers(tiny_model, long_tokens):
+    tokens = long_tokens
+    opts = EngineOptions(n_ctx=N_CTX, n_batch=N_BATCH, n_threads=1)
+    with Engine(tiny_model, opts) as engine:
+        scores = score_tokens(engine, tokens)
+        assert engine.n_past == 0  # the context is left empty
     want = np.full(len(tokens), np.nan)
     best = np.full(len(tokens), np.nan)
-    for start, first, end in [(0, 1, N_CTX), (N_CTX // 2, N_CTX, len(tokens))]:
-        llm.reset()
-        part = tokens[start : start + N_CTX]
-        llm.eval(part)
-        rows = np.array(llm.scores[: len(part)], dtype=np.float64)
-        for i in range(first, end):
-            row = rows[i - start - 1]
-            lsm = row - np.logaddexp.reduce(row)
-            want[i], best[i] = lsm[tokens[i]], lsm.max()
-    llm.close()
+    for i, row in reference_rows(tiny_model, tokens):
+        lsm = row - np.logaddexp.reduce(row)
+        want[i], best[i] = lsm[tokens[i]], lsm.max()
     assert scores.tokens == tokens
     assert math.isnan(scores.logprobs[0]) and scores.best_ids[0] == -1
     assert math.isnan(scores.best_logprobs[0])
@@ -275,26 +282,9 @@ def test_the_nan_position_is_the_first_nan_row_llama_cpp_python_computes(poisone
     with Engine(poisoned, EngineOptions(n_ctx=N_CTX, n_batch=N_BATCH, n_threads=1)) as engine:
         with pytest.raises(NonFiniteLogits) as e:
             score_tokens(engine, tokens)
-    llm = reference_llama(
-        poisoned,
-        logits_all=True,
-        flash_attn=True,
-        n_ctx=N_CTX,
-        n_batch=N_BATCH,
-        n_ubatch=N_BATCH,
-        n_threads=1,
-    )
-    want = None
-    for start, first, end in [(0, 1, N_CTX), (N_CTX // 2, N_CTX, len(tokens))]:
-        llm.reset()
-        part = tokens[start : start + N_CTX]
-        llm.eval(part)
-        rows = np.array(llm.scores[: len(part)], dtype=np.float64)
-        bad = [i for i in range(first, end) if np.isnan(rows[i - start - 1]).any()]
-        if bad:
-            want = bad[0]
-            break
-    llm.close()
+    rows = reference_rows(poisoned, tokens)
+    want = next((i for i, row in rows if np.isnan(row).any()), None)
+    rows.close()
     assert want is not None and want <= at + 1
     assert e.value.position == want
 
