@@ -19,6 +19,7 @@ import numpy as np
 from gptcli.errors import GptcliError, UsageError
 from gptcli.gguf_check import GGUFHeader, read_header
 from gptcli.resources import check_model_fits
+from gptcli.sampling import top_k_ids
 
 DEFAULT_CTX = 4096
 
@@ -761,9 +762,7 @@ class Grammar:
         n = self.n_vocab
         if prefix >= n:
             return None
-        from gptcli.sampling import top_k_ids  # equal logits at the cut by id, as mask's draw
-
-        ids = top_k_ids(logits, prefix)
+        ids = top_k_ids(logits, prefix)  # equal logits at the cut by id, as mask's draw
         ok = ids[self.allowed_among(ids)]
         if len(ok) < k:
             return None
