@@ -486,7 +486,7 @@ class RemoteGeneration:
                 self.tokens.append(tok)
                 yield self._event(index, tok, piece, text, Draw(tok, UNKNOWN, _EMPTY_I, _EMPTY_F))
                 index += 1
-        yield self.finish(dialects.REASONS.get(reason, reason or "stop"))
+        yield self.finish(_reason(reason))
 
     def _read(self, obj: dict) -> tuple[str, list, str | None]:
         """(text, token entries, finish reason) of one streamed object."""
@@ -564,3 +564,12 @@ class RemoteGeneration:
             server_tps=self._server_tps,
         )
         return Finish(reason, prompt_tokens, completion, timings, text, stop)
+
+
+def _reason(raw) -> str:
+    """gptcli's word for a server's finish reason. Another word passes as the server
+    wrote it, made printable: it reaches --stats and the chat REPL on a terminal."""
+    from gptcli.terminal import safe
+
+    text = str(raw) if raw else "stop"
+    return dialects.REASONS.get(text) or safe(text)
