@@ -9,8 +9,8 @@ error) or `lacking` (a notice, then a degraded answer), so the wording lives her
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields, replace
 
 from gptcli.errors import GptcliError
 
@@ -145,7 +145,7 @@ class Backend:
         def work(line: str) -> str:
             if not line.strip():
                 return ""  # a blank line stays a blank line: nothing to ask
-            return collect_text(self.start(_with_text(request, line_prompt(prefix, line))))
+            return collect_text(self.start(replace(request, text=line_prompt(prefix, line))))
 
         if jobs == 1:
             return (work(line) for line in lines)
@@ -167,12 +167,6 @@ class Backend:
         """Free what the backend holds."""
 
 
-def _with_text(request: Request, text: str) -> Request:
-    from dataclasses import replace
-
-    return replace(request, text=text)
-
-
 def collect_text(events: Iterable) -> str:
     """The whole text of a generation's events."""
     from gptcli.generation import Finish
@@ -183,7 +177,3 @@ def collect_text(events: Iterable) -> str:
         if isinstance(event, Finish):
             break
     return "".join(parts)
-
-
-def clean_stops(stops: Sequence[str] | None) -> tuple[str, ...]:
-    return tuple(stops or ())
