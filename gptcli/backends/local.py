@@ -35,6 +35,7 @@ class LocalBackend(Backend):
         self.n_vocab = engine.n_vocab
         self.n_ctx = engine.n_ctx
         self._said: set[str] = set()
+        self._grammars: dict = {}  # gbnf text: its engine.Grammar, parsed once
 
     def piece(self, token: int) -> bytes:
         return self.engine.piece(token)
@@ -89,12 +90,9 @@ class LocalBackend(Backend):
         """The constraint's grammar, parsed once per backend and rewound for each start."""
         if constraint is None:
             return None
-        cached = getattr(self, "_grammars", None)
-        if cached is None:
-            cached = self._grammars = {}
-        grammar = cached.get(constraint.gbnf)
+        grammar = self._grammars.get(constraint.gbnf)
         if grammar is None:
-            grammar = cached[constraint.gbnf] = constraint.grammar(self.engine)
+            grammar = self._grammars[constraint.gbnf] = constraint.grammar(self.engine)
         else:
             grammar.reset()
         return grammar
@@ -141,6 +139,7 @@ class LocalBackend(Backend):
         from gptcli.distribution import next_tokens
         from gptcli.prompting import chat_prompt, messages_for, raw_prompt
         from gptcli.render import notice
+        from gptcli.sampling import check_logits
 
         engine = self.engine
         if top > engine.n_vocab:
@@ -160,8 +159,6 @@ class LocalBackend(Backend):
             notice(f"empty prompt: showing what follows the BOS token {piece}")
         grammar = self._grammar(constraint)
         logits = engine.prefill(tokens)
-        from gptcli.sampling import check_logits
-
         for step in range(steps):
             check_logits(logits, len(tokens))  # no NaN shown as a probability
             # Copy: the logits are a view into llama.cpp's buffer, valid until the next call.
@@ -176,11 +173,11 @@ class LocalBackend(Backend):
             if step + 1 == steps:
                 return
             chosen = (masked or dist).candidates[0].id  # greedy: the most likely token
-            if grammar is not None and not engine.is_eog(chosen):
-                grammar.accept(chosen)
             if engine.is_eog(chosen):
                 notice("the most likely next token ends the text: no more steps")
                 return
+            if grammar is not None:
+                grammar.accept(chosen)
             tokens.append(chosen)
             if engine.n_past >= engine.n_ctx:
                 notice(f"the context is full ({engine.n_ctx} tokens)")
