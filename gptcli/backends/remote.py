@@ -171,7 +171,7 @@ class RemoteBackend(Backend):
             return generation
         want = bool(request.model_probs or request.sampled_probs or request.n_top)
         n_top = self._top(request.n_top) if request.n_top else 0
-        if request.sampled_probs and want and self.dialect.native_completion:
+        if request.sampled_probs and self.dialect.native_completion:
             return self._native(request, n_top)
         if request.raw:
             return self.complete(
@@ -222,10 +222,6 @@ class RemoteBackend(Backend):
         if request.stops:
             body["stop"] = list(request.stops)
         return RemoteGeneration(self, "/completion", body, n_top, True, native=True)
-
-    def chat_turn(self, messages, params, max_tokens, stops, logprobs: bool):
-        """One chat reply for the REPL (the server keeps its own prompt cache)."""
-        return self.chat(messages, params, max_tokens, stops, logprobs=logprobs)
 
     def run_chat(
         self, params, *, system, saved, resume, max_tokens, stops, interactive, constraint=None
