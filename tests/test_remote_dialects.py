@@ -127,6 +127,14 @@ def test_a_token_without_logprobs_mid_stream_is_said_once(replay, gptcli):
     assert [o.get("token") for o in lines(r.stdout)[:2]] == [" Paris", "."]
 
 
+def test_a_finish_reason_that_is_a_control_sequence_reaches_stats_escaped(replay, gptcli):
+    r = gptcli("generate", "--raw", "--stats", PROMPT, "--server", replay.url("hostile-reason"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == " Paris.\n"
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr  # no retitle, no clear
+    assert "finish      \\x1b]0;pwned\\x07\\x1b[2J" in r.stderr  # shown, as escapes
+
+
 # -- llama-server, recorded --------------------------------------------------------------
 
 
