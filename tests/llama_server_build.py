@@ -29,13 +29,19 @@ def cache_dir() -> Path:
     return Path(base) / "gptcli" / f"llama-server-{version()}"
 
 
-def binary_path() -> Path:
-    return cache_dir() / "bin" / "llama-server"
+# llama.cpp's own tools the tests use as oracles, all built from the same vendored sources:
+# the server, perplexity/KL divergence (compare), the control-vector generator (steer),
+# quantize (a second quantization of the embedded model).
+TOOLS = ("llama-server", "llama-perplexity", "llama-cvector-generator", "llama-quantize")
 
 
-def find() -> Path | None:
-    """The cached binary, or None."""
-    b = binary_path()
+def binary_path(tool: str = "llama-server") -> Path:
+    return cache_dir() / "bin" / tool
+
+
+def find(tool: str = "llama-server") -> Path | None:
+    """The cached binary of one of TOOLS, or None."""
+    b = binary_path(tool)
     return b if b.is_file() and os.access(b, os.X_OK) else None
 
 
@@ -61,16 +67,18 @@ def _source() -> Path:
     return base / f"llama_cpp_python-{v}" / "vendor" / "llama.cpp"
 
 
-def build() -> Path | None:
-    """The cached binary, or build it; None where it cannot be built (no cmake)."""
-    found = find()
-    if found:
-        return found
+def build(tools: tuple[str, ...] = TOOLS) -> Path | None:
+    """The cached llama-server, after building whichever of `tools` is missing; None where
+    it cannot be built (no cmake)."""
+    missing = [t for t in tools if find(t) is None]
+    if not missing:
+        return find()
     if shutil.which("cmake") is None:
         print("llama-server: cmake not found; not building", file=sys.stderr)
         return None
     src, out = _source(), cache_dir()
-    print(f"llama-server: building once into {out} (about 8 minutes)", file=sys.stderr)
+    print(f"llama.cpp tools: building {' '.join(missing)} once into {out} (about 8 minutes)",
+          file=sys.stderr)
     subprocess.run(
         ["cmake", "-S", str(src), "-B", str(out), "-DBUILD_SHARED_LIBS=OFF"]
         + ["-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"],
@@ -79,7 +87,7 @@ def build() -> Path | None:
     )
     jobs = str(os.cpu_count() or 2)
     subprocess.run(
-        ["cmake", "--build", str(out), "-j", jobs, "--target", "llama-server"],
+        ["cmake", "--build", str(out), "-j", jobs, "--target", *missing],
         check=True,
         stdout=subprocess.DEVNULL,
     )
