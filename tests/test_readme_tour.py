@@ -1,6 +1,9 @@
 """The README's "first five minutes" tour stays true: every example is run as written
 and the lines the README shows must be the first lines it prints (trailing spaces
-aside). Greedy examples on the embedded model, so the text is exact."""
+aside). Greedy examples on the embedded model, so the text is the same on one machine;
+across CPUs llama.cpp's kernels round differently (" Paris" is 0.7799 with AVX-512,
+0.7718 with AVX2 alone), so numbers are compared within that and a long greedy text
+must agree on its first words."""
 
 from __future__ import annotations
 
@@ -31,6 +34,44 @@ def tour() -> list[tuple[str, str | None, list[str]]]:
     return examples
 
 
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
+BARS = re.compile(r"[▏▎▍▌▋▊▉█]+")  # their length follows the number beside them
+FIRST_WORDS = 8  # a greedy text may part from the README's after these, on another CPU
+
+
+def close(got: str, shown: str) -> bool:
+    a, b = float(got), float(shown)
+    if "." not in shown and "e" not in shown and abs(b) < 100:
+        return a == b  # counts: layers, positions, steps
+    return abs(a - b) <= 0.02 + 0.05 * abs(b)  # llama.cpp's ~1% between kernels, and rounding
+
+
+def same_line(got: str, shown: str) -> bool:
+    if got == shown:
+        return True
+    g, s = BARS.sub("", got), BARS.sub("", shown)
+    g_nums, s_nums = NUMBER.findall(g), NUMBER.findall(s)
+    if s_nums and len(g_nums) == len(s_nums):
+        if NUMBER.sub("#", g).split() == NUMBER.sub("#", s).split():
+            return all(close(x, y) for x, y in zip(g_nums, s_nums, strict=True))
+    if not s_nums:  # prose the model wrote
+        return got.split()[:FIRST_WORDS] == shown.split()[:FIRST_WORDS]
+    return False
+
+
+def test_same_line_tells_a_kernel_difference_from_a_wrong_line():
+    assert same_line(" Paris[0.92].[0.72]", " Paris[0.93].[0.72]")
+    assert not same_line(" Paris[0.52].[0.72]", " Paris[0.93].[0.72]")
+    assert not same_line(" London[0.93].[0.72]", " Paris[0.93].[0.72]")
+    assert same_line("  1  ␣Paris  0.7718 █████████▎", "  1  ␣Paris  0.7799 █████████▍")
+    assert not same_line("step 2: after 5 tokens", "step 1: after 5 tokens")
+    assert same_line(
+        "A token is a small, often abstract, entity that x",
+        "A token is a small, often abstract, entity that y",
+    )
+    assert not same_line("A token is a tiny thing", "A token is a small, often abstract, entity")
+
+
 @pytest.mark.parametrize("command, stdin, shown", tour(), ids=lambda x: str(x)[:40])
 def test_readme_tour_example_prints_what_the_readme_shows(command, stdin, shown):
     args = shlex.split(command)
@@ -43,5 +84,6 @@ def test_readme_tour_example_prints_what_the_readme_shows(command, stdin, shown)
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr.decode()
-    got = [ln.rstrip() for ln in proc.stdout.decode().splitlines()]
-    assert got[: len(shown)] == [ln.rstrip() for ln in shown]
+    got = [ln.rstrip() for ln in proc.stdout.decode().splitlines()][: len(shown)]
+    shown = [ln.rstrip() for ln in shown]
+    assert len(got) == len(shown) and all(map(same_line, got, shown)), (got, shown)

@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from conftest import clean_env, run_gptcli
+from conftest import clean_env, reference_probability, run_gptcli
 from serverfixture import free_port
 
 from gptcli.backends.remote import RemoteBackend
@@ -122,13 +122,16 @@ def test_json_has_the_local_shape_and_model_logprobs(server, gptcli):
     assert remote[-1]["usage"]["completion_tokens"] == 4
 
 
-def test_probs_show_the_models_probability(server, gptcli):
+def test_probs_show_the_models_probability(server, gptcli, smollm2):
     args = ("generate", "--raw", "-t", "0", "-n", "3", "--probs=model", PROMPT)
     local = gptcli(*args)
     remote = gptcli(*args, "--server", server.url)
     assert remote.returncode == 0, remote.stderr
     assert remote.stdout == local.stdout  # " Paris[0.78].[0.67]\n[0.35]" at two decimals
-    assert "[0.78]" in remote.stdout
+    # the model's probability, not the greedy sampler's 1.00
+    assert remote.stdout.startswith(
+        f" Paris[{reference_probability(smollm2, PROMPT, ' Paris'):.2f}]"
+    )
 
 
 def test_each_line_keeps_order_with_4_in_flight(server, gptcli):
