@@ -281,6 +281,38 @@ def _readable_metavars() -> None:
 
 _readable_metavars()
 
+
+def _literal_help() -> None:
+    """Help strings are shown as written: Typer's rich mode would read `[x]` as a
+    style tag and `:B:` as an emoji code (`A:B:` became `A🅱`). rich itself is
+    imported only when help is formatted."""
+    from typer.core import TyperCommand, TyperGroup
+
+    def patch_rich_utils() -> None:
+        from rich.text import Text
+        from typer import rich_utils
+
+        if getattr(rich_utils._make_rich_text, "literal", False):
+            return
+
+        def make_text(*, text: str, style: str = "", markup_mode) -> Text:
+            return rich_utils.highlighter(Text(inspect.cleandoc(text), style=style))
+
+        make_text.literal = True
+        rich_utils._make_rich_text = make_text
+
+    for cls in (TyperCommand, TyperGroup):
+        original = cls.format_help
+
+        def format_help(self, ctx, formatter, _original=original):
+            patch_rich_utils()
+            return _original(self, ctx, formatter)
+
+        cls.format_help = format_help
+
+
+_literal_help()
+
 app = typer.Typer(
     cls=GptcliGroup,
     name="gptcli",

@@ -3,6 +3,7 @@ when the reader of stdout goes away."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -256,3 +257,45 @@ def test_a_missing_input_file_is_exit_2_for_every_command(gptcli, args):
 def test_a_missing_model_is_exit_1(gptcli):
     r = gptcli("generate", "-m", "/nonexistent/model.gguf", "hi")
     assert r.returncode == 1 and "model not found" in r.stderr
+
+
+def _every_command():
+    """(argv, command) for every command and subcommand, the root included."""
+    import typer.main
+
+    from gptcli.cli import app
+
+    root = typer.main.get_command(app)
+    out, todo = [], [([], root)]
+    while todo:
+        argv, cmd = todo.pop()
+        out.append((argv, cmd))
+        if hasattr(cmd, "list_commands"):
+            ctx = cmd.make_context("gptcli", ["--help"], resilient_parsing=True)
+            for name in cmd.list_commands(ctx):
+                todo.append(([*argv, name], cmd.get_command(ctx, name)))
+    return out
+
+
+_MARKUP_LIKE = re.compile(r"\[[^\]\n]*\]|:[A-Za-z0-9_+-]+:")
+
+
+def test_every_help_string_is_shown_as_written_no_emoji_codes_or_markup():
+    # `lens --help` showed "A🅱" for "A:B:": rich read ":B:" as an emoji code.
+    from typer.testing import CliRunner
+
+    from gptcli.cli import app
+
+    env = {"COLUMNS": "400", "LINES": None, "NO_COLOR": "1", "TERM": "dumb"}
+    checked = 0
+    for argv, cmd in _every_command():
+        r = CliRunner().invoke(app, [*argv, "--help"], env=env)
+        assert r.exit_code == 0, argv
+        written = " ".join([cmd.help or ""] + [getattr(p, "help", None) or "" for p in cmd.params])
+        for fragment in _MARKUP_LIKE.findall(written):
+            assert fragment in r.stdout, f"{argv} --help lost {fragment!r}"
+            checked += 1
+        # every character outside the box drawing was written by us (no emoji made up)
+        shown = {c for c in r.stdout if ord(c) > 127 and not 0x2500 <= ord(c) <= 0x257F}
+        assert shown <= set(written), f"{argv} --help shows {shown - set(written)}"
+    assert checked >= 2  # lens's "A:B:" and generate's "token[0.77]" are looked at
