@@ -13,3 +13,7 @@ from __future__ import annotations
 # -- servers: time, size and the numbers they send ---------------------------
 
 # -- views and the explorer ---------------------------------------------------
+
+# `g` / `s` continue at most this many tokens at a time (-n, the `n` key, a tree file's
+# "steps"): each token is one model call shown as it comes, and a key stops the run.
+EXPLORE_MAX_STEPS = 10000

@@ -368,6 +368,28 @@ def _saved(tmp_path, engine, **edit) -> Path:
         ("no_nodes", lambda o: o.pop("nodes"), 'no "nodes"'),
         ("version", lambda o: o.update(version=99), "version 99"),
         ("other_model", lambda o: o["model"].update(size=123), "another model"),
+        # the text panel would show a prompt the model never saw
+        (
+            "text_not_tokens",
+            lambda o: o["prompt"].update(text="The capital of Spain is"),
+            "the prompt's tokens are not its text",
+        ),
+        (
+            "chat_flag_flipped",
+            lambda o: o["prompt"].update(chat=True),
+            "not its text under the chat template",
+        ),
+        ("chat_not_bool", lambda o: o["prompt"].update(chat="no"), '"chat" is not true'),
+        (
+            "hot",
+            lambda o: o["settings"].update(temperature="hot"),
+            "setting \"temperature\" must be a number, got 'hot'",
+        ),
+        ("top_k_float", lambda o: o["settings"].update(top_k=2.5), '"top_k" must be a whole'),
+        ("unknown_setting", lambda o: o["settings"].update(temprature=1), "unknown setting"),
+        ("steps_zero", lambda o: o["settings"].update(steps=0), "steps must be from 1"),
+        ("negative_t", lambda o: o["settings"].update(temperature=-1), "temperature must be"),
+        ("top_p_2", lambda o: o["settings"].update(top_p=2), "top-p must be in"),
     ],
 )
 def test_hostile_tree_is_refused_in_one_line(tmp_path, smol, name, edit, message):

@@ -18,6 +18,7 @@ from gptcli.commands.options import (
     ThreadsOpt,
     VerboseOpt,
 )
+from gptcli.limits import EXPLORE_MAX_STEPS
 
 NOT_A_TERMINAL = (
     "explore is a full-screen app and needs a terminal; without one, use "
@@ -67,13 +68,14 @@ def explore(
     truncation and watch the bars move. `?` in the app lists the keys."""
     from gptcli.commands.options import load_engine, sampling_params
     from gptcli.errors import UsageError
+    from gptcli.explorer.tree import TreeFileError
 
     if raw and chat:
         raise UsageError("--raw and --chat exclude each other")
     if load and prompt is not None:
         raise UsageError("give PROMPT or --load FILE, not both")
-    if steps is not None and not 1 <= steps <= 10000:
-        raise UsageError(f"--steps must be from 1 to 10000, got {steps}")
+    if steps is not None and not 1 <= steps <= EXPLORE_MAX_STEPS:
+        raise UsageError(f"--steps must be from 1 to {EXPLORE_MAX_STEPS}, got {steps}")
     given = {
         "temperature": temperature,
         "top_k": top_k,
@@ -91,19 +93,19 @@ def explore(
     from gptcli.explorer.session import Session, load_tree, model_id
 
     if load:
-        tree = load_tree(load, engine)
+        tree = load_tree(load, engine)  # settings checked there: right keys, right types
         saved = tree.settings
         for k in opts:  # the file's settings, unless given on the command line
-            if given[k] is None and _number(saved.get(k)):
+            if given[k] is None and k in saved:
                 opts[k] = saved[k]
-        if steps is None and isinstance(saved.get("steps"), int):
-            steps = saved["steps"] if 1 <= saved["steps"] <= 10000 else None
+        if steps is None:
+            steps = saved.get("steps")
     else:
         tree = new_tree(engine, prompt or "", chat or bool(system), system, model_id(engine))
     try:
         params = sampling_params(**opts, seed=seed)
     except UsageError as e:
-        raise UsageError(f"{load}: {e.message}") from None
+        raise TreeFileError(load, e.message) from None
     session = Session(engine, tree, params, steps or 10)
     text = run_app(session)
     if text is not None:
@@ -111,25 +113,13 @@ def explore(
         sys.stdout.flush()
 
 
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def new_tree(engine, text: str, chat: bool, system: str | None, mid):
     """A tree holding only the prompt: raw text, or the chat template around it."""
     from gptcli.errors import UsageError
+    from gptcli.explorer.session import prompt_tokens
     from gptcli.explorer.tree import Tree
-    from gptcli.prompting import chat_prompt, messages_for, raw_prompt
 
-    if chat:
-        tokens = chat_prompt(engine, messages_for(text, system))
-    else:
-        tokens = raw_prompt(engine, text)
-    if not tokens:  # an empty prompt: what follows BOS, as `next` shows
-        bos = engine.bos_id
-        if not 0 <= bos < engine.n_vocab:
-            raise UsageError("the prompt tokenizes to nothing and the model has no BOS token")
-        tokens = [bos]
+    tokens = prompt_tokens(engine, text, chat, system)
     if len(tokens) >= engine.n_ctx:
         raise UsageError(
             f"the prompt has {len(tokens)} tokens; the context holds {engine.n_ctx} (raise --ctx)"

@@ -22,6 +22,7 @@ from gptcli.errors import GptcliError
 from gptcli.explorer.dist import View, logprob
 from gptcli.explorer.session import Session
 from gptcli.explorer.text import candidate, safe, span
+from gptcli.limits import EXPLORE_MAX_STEPS
 from gptcli.render_probs import BANDS, band, bar, fmt_prob
 
 TEMPERATURES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0)
@@ -411,10 +412,13 @@ class Explorer(App[str | None]):
                 return
             try:
                 n = int(value)
-                if not 1 <= n <= 10000:
+                if not 1 <= n <= EXPLORE_MAX_STEPS:
                     raise ValueError
             except ValueError:
-                self.say(f"N must be a whole number from 1 to 10000, not {value!r}", error=True)
+                self.say(
+                    f"N must be a whole number from 1 to {EXPLORE_MAX_STEPS}, not {value!r}",
+                    error=True,
+                )
             else:
                 self.session.steps = n
             self.refresh_all()

@@ -210,6 +210,35 @@ def _rank_in(v: View, token: int) -> int:
     return int(np.flatnonzero(v.order == token)[0]) + 1
 
 
+def prompt_tokens(engine: Engine, text: str, chat: bool, system: str | None) -> list[int]:
+    """The tokens the model sees for a prompt: raw text, or the chat template around it;
+    an empty prompt is BOS alone (what `next` shows after nothing)."""
+    from gptcli.prompting import chat_prompt, messages_for, raw_prompt
+
+    tokens = chat_prompt(engine, messages_for(text, system)) if chat else raw_prompt(engine, text)
+    if not tokens:
+        bos = engine.bos_id
+        if not 0 <= bos < engine.n_vocab:
+            raise UsageError("the prompt tokenizes to nothing and the model has no BOS token")
+        tokens = [bos]
+    return tokens
+
+
 def load_tree(path: str, engine: Engine) -> Tree:
     obj = treemod.read(path)
-    return treemod.from_json(obj, path, model_id(engine), engine.piece, engine.n_ctx)
+    tree = treemod.from_json(obj, path, model_id(engine), engine.piece, engine.n_ctx)
+    # The text panel shows the prompt's text, the model sees its tokens: they must be
+    # one prompt, or the screen shows text the model never saw.
+    if prompt_tokens(engine, tree.prompt_text, tree.chat, tree.system) != tree.prompt_tokens:
+        raise treemod.TreeFileError(
+            path,
+            "the prompt's tokens are not its text"
+            + (" under the chat template" if tree.chat else "")
+            + " for this model's tokenizer",
+        )
+    known = {k: v for k, v in tree.settings.items() if k in SamplingParams.__dataclass_fields__}
+    try:
+        replace(SamplingParams(), **known).validate()  # the ranges, as on the command line
+    except UsageError as e:
+        raise treemod.TreeFileError(path, e.message) from None
+    return tree

@@ -13,11 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptcli.errors import UsageError
+from gptcli.limits import EXPLORE_MAX_STEPS as MAX_STEPS
 
 FORMAT = "gptcli-explore"
 VERSION = 1
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a tree file is read whole: bound it first
 HOW = ("pick", "greedy", "sample", "force")
+# What a file's "settings" may hold, and the type of each (anything else is refused,
+# not replaced: a setting the user saved is never silently dropped).
+SETTINGS = {
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "repeat_penalty": float,
+    "steps": int,
+}
 
 
 @dataclass
@@ -261,10 +272,26 @@ def from_json(obj: dict, path: str | Path, model: ModelId, piece, n_ctx: int) ->
     want(len(toks) < n_ctx, f"the prompt ({len(toks)} tokens) does not fit the context ({n_ctx})")
     system = pr.get("system")
     want(system is None or isinstance(system, str), "the system prompt is not a string")
+    chat = pr.get("chat", False)
+    want(isinstance(chat, bool), '"chat" is not true or false')
     settings = obj.get("settings", {})
     want(isinstance(settings, dict), '"settings" is not an object')
+    for key, value in settings.items():
+        kind = SETTINGS.get(key)
+        want(kind is not None, f'unknown setting "{key}" (known: {", ".join(SETTINGS)})')
+        ok = is_int(value) if kind is int else is_num(value)
+        want(
+            ok,
+            f'setting "{key}" must be {"a whole number" if kind is int else "a number"}, '
+            f"got {value!r}",
+        )
+    steps = settings.get("steps")
+    want(
+        steps is None or 1 <= steps <= MAX_STEPS,
+        f"steps must be from 1 to {MAX_STEPS}, got {steps}",
+    )
 
-    tree = Tree(model, text, list(toks), bool(pr.get("chat")), system, dict(settings))
+    tree = Tree(model, text, list(toks), chat, system, dict(settings))
     raw_nodes = obj.get("nodes")
     want(isinstance(raw_nodes, list), 'no "nodes" list')
     depth = [0]
