@@ -536,3 +536,75 @@ def test_hostile_tree_through_a_terminal_is_one_line(tmp_path, smollm2):
     out = re.sub(r"\x1b\[[0-9;]*m", "", child.before.decode("utf-8", errors="replace")).strip()
     assert child.exitstatus == 2
     assert out == f"gptcli: error: cannot open the tree {bad}: not JSON (line 1, column 54)"
+
+
+def _screen(stream: bytes, rows: int, cols: int) -> list[str]:
+    """The last picture a stream of cursor moves and text leaves on a rows x cols grid
+    (enough of a terminal for Textual's output: CSI row;col H, everything else skipped)."""
+    grid = [[" "] * cols for _ in range(rows)]
+    r = c = 0
+    text = stream.decode("utf-8", errors="replace")
+    esc = re.compile(
+        r"\x1b(?:\[([0-9;?<>=$]*)([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)|[()][0-9A-Za-z]|.)"
+    )
+    i = 0
+    while i < len(text):
+        m = esc.match(text, i)
+        if m:
+            if m.group(2) == "H":
+                parts = (m.group(1) or "1;1").split(";")
+                r, c = int(parts[0] or 1) - 1, int((parts + ["1"])[1] or 1) - 1
+            elif m.group(2) == "J" and m.group(1) == "2":
+                grid = [[" "] * cols for _ in range(rows)]
+            i = m.end()
+            continue
+        ch = text[i]
+        if ch == "\r":
+            c = 0
+        elif ch == "\n":
+            r += 1
+        elif ch >= " ":
+            if 0 <= r < rows and 0 <= c < cols:
+                grid[r][c] = ch
+            c += 1
+        i += 1
+    return ["".join(row) for row in grid]
+
+
+def test_explore_with_stdout_redirected_takes_the_terminal_size(tmp_path):
+    """The README's `gptcli explore "..." > story.txt` in a 120x40 pty: the app is laid
+    out at the tty's size (it was 80x24, from stdout's missing size), and `e` writes
+    the branch to the file."""
+    import pexpect
+
+    story = tmp_path / "story.txt"
+    cmd = f"{sys.executable} -m gptcli explore --threads 1 '{PARIS}' > {story}"
+    child = pexpect.spawn(
+        "/bin/sh",
+        ["-c", cmd],
+        env=clean_env(TERM="xterm-256color"),
+        timeout=120,
+        dimensions=(40, 120),
+    )
+    out, end = b"", time.time() + 120
+    try:
+        while time.time() < end:
+            try:
+                out += child.read_nonblocking(1 << 20, timeout=1)
+            except pexpect.TIMEOUT:
+                if "␣Paris".encode() in out:
+                    break  # drawn, and quiet for a second
+        screen = _screen(out, 40, 120)
+        # One status line, above the footer at the bottom of 40 rows (the 80x24 frame put
+        # a second one on row 22, over the first), and one top border of 120 columns.
+        status = [i for i, ln in enumerate(screen) if " │ ctx " in ln]
+        assert status == [38], "\n".join(screen)
+        assert " │ N 10" in screen[38]
+        top = screen[0].rstrip()
+        assert top.startswith("╭─ text ─") and top.count("╮") == 2 and len(top) == 120, top
+        child.send("e")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    assert story.read_text() == PARIS + "\n"

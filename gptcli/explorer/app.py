@@ -8,6 +8,7 @@ dropped) calls the model."""
 from __future__ import annotations
 
 import codecs
+import os
 
 from rich.cells import set_cell_size
 from rich.style import Style
@@ -15,6 +16,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.drivers.linux_driver import LinuxDriver
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Static
 
@@ -65,6 +67,37 @@ def _step(values: tuple, current: float, direction: int) -> float:
 
 def _t(x: float) -> str:
     return f"{x:g}"
+
+
+def tty_size() -> tuple[int, int] | None:
+    """(columns, lines) of the terminal the app draws on: stderr's or stdin's, else
+    /dev/tty's. stdout may be a file (`explore > story.txt`, for `e`)."""
+    for fd in (2, 0):
+        try:
+            size = os.get_terminal_size(fd)
+        except (OSError, ValueError):
+            continue
+        if size.columns > 0 and size.lines > 0:
+            return size.columns, size.lines
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        size = os.get_terminal_size(fd)
+        return (size.columns, size.lines) if size.columns > 0 and size.lines > 0 else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class TtyDriver(LinuxDriver):
+    """Textual's driver asks shutil, which reads stdout's size: with stdout redirected it
+    laid the app out at 80x24 whatever the screen. This one asks the terminal."""
+
+    def _get_terminal_size(self) -> tuple[int, int]:
+        return tty_size() or super()._get_terminal_size()
 
 
 class Ask(ModalScreen[str | None]):
@@ -150,6 +183,10 @@ class Explorer(App[str | None]):
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "interrupt", "quit", show=False, priority=True),
     ]
+
+    def get_driver_class(self):
+        driver = super().get_driver_class()
+        return TtyDriver if driver is LinuxDriver else driver
 
     def __init__(self, session: Session):
         super().__init__()
