@@ -608,3 +608,60 @@ def test_explore_with_stdout_redirected_takes_the_terminal_size(tmp_path):
         child.close(force=True)
     assert child.exitstatus == 0
     assert story.read_text() == PARIS + "\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_long(tiny_model):
+    with Engine(tiny_model, EngineOptions(n_ctx=1024, n_threads=1)) as e:
+        yield e
+
+
+def _long_run(engine, *after_g: str):
+    """Press g with N = 500, then after_g at once; what the app showed and the tree."""
+    s = session_for(engine, "Once upon a time")
+    s.steps = 500
+    seen = {}
+
+    async def check(app, pilot):
+        await pilot.press("g")
+        seen["during"] = s.tree.depth(s.tree.current)
+        seen["status"] = plain(app.render_status(), 200)
+        for key in after_g:
+            await pilot.press(key)
+        await pilot.pause(0.3)
+        seen["after"] = s.tree.depth(s.tree.current)
+        await pilot.pause(0.3)
+        seen["later"] = s.tree.depth(s.tree.current)
+        seen["notes"] = [n.message for n in app._notifications]
+
+    app = drive(s, check=check)
+    return s, app, seen
+
+
+def test_a_long_run_shows_its_tokens_and_any_key_stops_it(tiny_long):
+    # N = 500 took ~40 s in one blocking call: no token shown, no key read till the end.
+    s, app, seen = _long_run(tiny_long, "x")
+    assert 0 < seen["during"] < 500, seen  # tokens are in the tree while it runs
+    assert "running " in seen["status"] and "/500: any key stops" in seen["status"]
+    stopped = seen["after"]
+    assert 0 < stopped < 500 and seen["later"] == stopped, seen  # and the key stopped it
+    assert f"stopped after {stopped} of 500: a key" in seen["notes"]
+    # what was taken is the greedy continuation, as a plain run computes it
+    fresh = session_for(tiny_long, "Once upon a time")
+    fresh.run(stopped, greedy=True)
+    assert s.tree.tokens(s.tree.current) == fresh.tree.tokens(fresh.tree.current)
+
+
+@pytest.mark.parametrize("key, code", [("ctrl+c", 130), ("q", 0)])
+def test_ctrl_c_and_q_quit_during_a_long_run(tiny_long, key, code):
+    s = session_for(tiny_long, "Once upon a time")
+    s.steps = 500
+    seen = {}
+
+    async def check(app, pilot):
+        await pilot.press("g", key)
+        seen["depth"] = s.tree.depth(s.tree.current)
+
+    app = drive(s, check=check)
+    assert app.return_code == code and app.return_value is None
+    assert seen["depth"] < 500

@@ -7,12 +7,15 @@ dropped) calls the model."""
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import os
+import time
 
 from rich.cells import set_cell_size
 from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -31,6 +34,7 @@ TEMPERATURES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0)
 TOP_KS = (1, 2, 5, 10, 20, 40, 100, 1000, 0)  # 0: off, the widest
 TOP_PS = (0.1, 0.3, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0)  # 1: off
 MIN_PS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # 0: off
+REDRAW_S = 0.05  # during `g` / `s`: a redraw per token would cost more than the token
 
 HELP = """\
 gptcli explore: walk the next-token distribution one token at a time.
@@ -38,7 +42,7 @@ gptcli explore: walk the next-token distribution one token at a time.
   up / down        choose a candidate (the bars on the right)
   enter / right    take it: one token evaluated (an earlier choice: no evaluation)
   left / backspace step back one token (nothing evaluated)
-  g / s            continue N tokens greedily / sampled;  n  sets N
+  g / s            continue N tokens greedily / sampled (any key stops);  n  sets N
   t / T            lower / raise the temperature
   k K, p P, m M    narrower / wider top-k, top-p, min-p
   f                force a token: type its text
@@ -195,6 +199,7 @@ class Explorer(App[str | None]):
         self._view: View | None = None
         self._drawn_at: tuple | None = None  # what the text and tree panels show
         self._model_name = safe(session.engine.name)[:32]
+        self._run: dict | None = None  # a `g` / `s` in progress: taken, of, why it stopped
 
     # -- layout ------------------------------------------------------------
 
@@ -351,6 +356,8 @@ class Explorer(App[str | None]):
             f"min-p {_t(p.min_p) if p.min_p > 0 else 'off'}",
             f"N {s.steps}",
         ]
+        if self._run is not None:
+            parts.insert(0, f"running {self._run['taken']}/{self._run['of']}: any key stops")
         return Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")
 
     def say(self, message: str, error: bool = False) -> None:
@@ -410,12 +417,47 @@ class Explorer(App[str | None]):
         self._do(self.session.goto, node)
 
     def action_run(self, greedy: int) -> None:
-        def go():
-            n = self.session.run(self.session.steps, bool(greedy))
-            if n < self.session.steps:
-                self.say(f"stopped after {n}: end of text or a full context")
+        if self._run is None:
+            self._run = {"taken": 0, "of": self.session.steps, "stop": None}
+            self.run_worker(self._continue(bool(greedy)), group="run", exclusive=True)
 
-        self._do(go)
+    async def _continue(self, greedy: bool) -> None:
+        """`g` / `s`: one token per turn of the event loop, drawn as it comes (at most
+        every REDRAW_S), so keys are read between tokens: any key stops the run."""
+        s, run = self.session, self._run
+        t0 = drawn = time.perf_counter()
+        try:
+            while run["taken"] < run["of"] and run["stop"] is None:
+                try:
+                    if not s.step(greedy):
+                        run["stop"] = "end of text or a full context"
+                        break
+                except GptcliError as e:
+                    self.say(e.message, error=True)
+                    break
+                run["taken"] += 1
+                s.last_eval = (run["taken"], time.perf_counter() - t0)
+                if time.perf_counter() - drawn >= REDRAW_S:
+                    self.refresh_all()
+                    drawn = time.perf_counter()
+                await asyncio.sleep(0)  # the keys and the screen get their turn
+        finally:
+            self._run = None
+        if run["stop"] is not None:
+            self.say(f"stopped after {run['taken']} of {run['of']}: {run['stop']}")
+        self._select_followed()
+        self.refresh_all()
+
+    async def on_event(self, event: events.Event) -> None:
+        # During `g` / `s` a key or a click only stops the run (Ctrl-C and q still quit).
+        if self._run is not None and (
+            (isinstance(event, events.Key) and event.key not in ("ctrl+c", "q"))
+            or isinstance(event, events.MouseDown)
+        ):
+            self._run["stop"] = "a key" if isinstance(event, events.Key) else "a click"
+            event.stop()
+            return
+        await super().on_event(event)
 
     def action_branch(self, direction: int) -> None:
         tree = self.session.tree

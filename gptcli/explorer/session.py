@@ -160,22 +160,27 @@ class Session:
         Returns how many were taken."""
         t0 = time.perf_counter()
         taken = 0
-        for _ in range(n):
-            if self.at_end() or len(self.tree.tokens(self.tree.current)) >= self.engine.n_ctx:
-                break
-            cur = self.tree.current
-            if greedy:
-                token = int(self.view(cur).order[0])
-                self.accept(token, "greedy")
-            else:
-                nl = self.logits(cur)
-                draw = self._sampler.sample(nl.logits, self.tree.tokens(cur))
-                child = self.accept(draw.token, "sample")
-                self.tree.nodes[child].prob = draw.prob
+        while taken < n and self.step(greedy):
             taken += 1
         if taken:
             self.last_eval = (taken, time.perf_counter() - t0)
         return taken
+
+    def step(self, greedy: bool) -> bool:
+        """Take one token, greedily or sampled; False (nothing taken) at the end of the
+        text or with the context full. The app calls it once per tick of its loop, so a
+        long run shows its tokens as they come and a key stops it."""
+        if self.at_end() or len(self.tree.tokens(self.tree.current)) >= self.engine.n_ctx:
+            return False
+        cur = self.tree.current
+        if greedy:
+            self.accept(int(self.view(cur).order[0]), "greedy")
+        else:
+            nl = self.logits(cur)
+            draw = self._sampler.sample(nl.logits, self.tree.tokens(cur))
+            child = self.accept(draw.token, "sample")
+            self.tree.nodes[child].prob = draw.prob
+        return True
 
     def force(self, text: str) -> int:
         """Take the tokens of `text` (no BOS, no special tokens) one after another."""
