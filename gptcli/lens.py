@@ -68,6 +68,9 @@ class Lens:
     final_probs: dict[int, float]  # position -> its probability (llama.cpp's own)
     agreement: float  # max |p_lens - p_llama.cpp| over the vocabulary, last layer
     tracked: list[int] = field(default_factory=list)
+    # position -> the pass its final distribution comes from: "generation" (the logits
+    # `next` and `generate` compute) or "capture" (the capture pass, flash attention off)
+    final_pass: dict[int, str] = field(default_factory=dict)
 
     def emerges(self, position: int) -> int | None:
         """The first layer whose lens puts the final token on top at `position`."""
@@ -103,12 +106,22 @@ def read_lens(
     *,
     mid: bool = False,
     track: list[int] | None = None,
+    reference: dict[int, np.ndarray] | None = None,
 ) -> Lens:
-    """Turn captured residual streams at `positions` into lens rows."""
+    """Turn captured residual streams at `positions` into lens rows.
+
+    reference: position -> the logits generation computes there (the main context,
+    as `next` reads them); the final answer, ranks and KL are measured against them.
+    Other positions use the capture pass's logits. `agreement` always compares the
+    last layer's lens with its own pass's logits: it checks the final step."""
     track = track or []
+    reference = reference or {}
     streams = residuals(captured, mid)
     n_layers = 1 + max(layer for layer, _, _ in streams)
-    final_lp = log_softmax_rows(llama_logits[positions])
+    capture_p = np.exp(log_softmax_rows(llama_logits[positions]))
+    final_lp = log_softmax_rows(
+        np.stack([reference.get(pos, llama_logits[pos]) for pos in positions])
+    )
     final_ids = {pos: int(np.argmax(final_lp[i])) for i, pos in enumerate(positions)}
     final_p = np.exp(final_lp)
     rows: list[Row] = []
@@ -147,7 +160,7 @@ def read_lens(
                 )
             )
             if layer == n_layers - 1 and stage == "out":
-                agreement = max(agreement, float(np.abs(pi - q).max()))
+                agreement = max(agreement, float(np.abs(pi - capture_p[i]).max()))
     return Lens(
         tokens,
         positions,
@@ -157,6 +170,7 @@ def read_lens(
         {pos: float(final_p[i][final_ids[pos]]) for i, pos in enumerate(positions)},
         agreement,
         list(track),
+        {pos: "generation" if pos in reference else "capture" for pos in positions},
     )
 
 

@@ -82,7 +82,9 @@ def lens_table(result: Lens, piece: Piece) -> None:
         Text.assemble(
             "after ",
             (_label(piece, result.tokens[pos], 40), "bold"),
-            f" (position {pos}): llama.cpp's answer is ",
+            f" (position {pos}): llama.cpp's answer"
+            + ("" if result.final_pass.get(pos) == "generation" else " (capture pass)")
+            + " is ",
             (final, "bold"),
             f" {fmt_prob(result.final_probs[pos])}",
         ),
@@ -185,6 +187,7 @@ def lens_json(result: Lens, piece: Piece, out=None) -> None:
                 "position": p,
                 **token_object(result.final_ids[p], piece(result.final_ids[p])),
                 "prob": result.final_probs[p],
+                "pass": result.final_pass.get(p, "capture"),
             }
             for p in result.positions
         ],

@@ -196,6 +196,28 @@ def test_lens_command_shows_paris_emerging(gptcli):
     assert "capital" in [ln for ln in lines if ln.strip().startswith("28 ")][0]
 
 
+def test_lens_answer_is_the_one_next_and_generate_give(gptcli):
+    # The capture pass runs without flash attention: its " Paris" was 0.7677 where
+    # `next` and `generate --probs-kind model` said 0.7718 (this machine).
+    r = gptcli("lens", "--json", PROMPT)
+    assert r.returncode == 0, r.stderr
+    final = json.loads(r.stdout)["final"][0]
+    r = gptcli("next", "--json", "--top", "1", PROMPT)
+    assert r.returncode == 0, r.stderr
+    top = json.loads(r.stdout.splitlines()[0])["top"][0]
+    assert final["id"] == top["id"]
+    assert abs(final["prob"] - top["probs"][0]) < 0.002, (final, top)
+    assert final["pass"] == "generation"
+    r = gptcli("lens", PROMPT)
+    shown = r.stdout.splitlines()[0]
+    assert shown.endswith(f"llama.cpp's answer is ␣Paris {top['probs'][0]:.2f}"), shown
+    # an earlier position has only the capture pass, and says so
+    r = gptcli("lens", "--json", "--positions", "2", PROMPT)
+    assert json.loads(r.stdout)["final"][0]["pass"] == "capture"
+    r = gptcli("lens", "--positions", "2", PROMPT)
+    assert "llama.cpp's answer (capture pass) is" in r.stdout.splitlines()[0]
+
+
 def test_lens_json_and_grid(gptcli, tiny_model):
     r = gptcli("lens", "-m", str(tiny_model), "--json", "--positions", "all", "--mid", "a b c")
     assert r.returncode == 0, r.stderr

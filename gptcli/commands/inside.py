@@ -93,8 +93,19 @@ def lens(
     if fresh:
         notice("dequantized the unembedding matrix once; later runs read it from the cache")
     captured = engine.capture(tokens, L.wanted(mid))
+    # The answer at the last position is what generation computes there (the capture
+    # pass runs without flash attention: its probabilities differ by up to ~0.01).
+    last = len(tokens) - 1
+    reference = {last: engine.prefill(tokens).copy()} if last in picked else {}
     result = L.read_lens(
-        step, tokens, captured.tensors, captured.logits, picked, mid=mid, track=tracked
+        step,
+        tokens,
+        captured.tensors,
+        captured.logits,
+        picked,
+        mid=mid,
+        track=tracked,
+        reference=reference,
     )
     if result.agreement > L.AGREEMENT_TOLERANCE:
         notice(
