@@ -17,3 +17,7 @@ from __future__ import annotations
 # `g` / `s` continue at most this many tokens at a time (-n, the `n` key, a tree file's
 # "steps"): each token is one model call shown as it comes, and a key stops the run.
 EXPLORE_MAX_STEPS = 10000
+
+# Tables written to a pipe (lens, attention) take COLUMNS when it is set, else this
+# width: wide lines rather than tables squeezed into 80 columns.
+PIPE_WIDTH = 200

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 
 import numpy as np
 
 from gptcli.lens import Lens
+from gptcli.limits import PIPE_WIDTH
 from gptcli.render_probs import BANDS, band, fmt_prob, token_label, token_object, token_text
 
 Piece = Callable[[int], bytes]
@@ -22,10 +24,8 @@ SPARK = "▁▂▃▄▅▆▇█"
 SHADES = " ░▒▓█"
 
 
-_PIPE_WIDTH = 200  # a pipe gets wide lines rather than tables squeezed into 80 columns
-
-
 def _console():
+    """stdout's console; a pipe gets COLUMNS when it is set, else PIPE_WIDTH."""
     from gptcli.render import stdout_console
 
     console = stdout_console()
@@ -33,12 +33,19 @@ def _console():
         return console
     from gptcli.render import make_console
 
-    return make_console(width=_PIPE_WIDTH, highlight=False, soft_wrap=True)
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
+    return make_console(width=width, highlight=False, soft_wrap=True)
 
 
 def _width(console) -> int:
-    """The terminal's width; a pipe gets wide lines rather than cut ones."""
     return console.width
+
+
+def _colour(console) -> bool:
+    """Colour carries numbers here; without it (a pipe, NO_COLOR, TERM=dumb) the views
+    print the numbers instead."""
+    return console.is_terminal and not console.no_color and console.color_system is not None
 
 
 def _label(piece: Piece, token: int, width: int | None = None) -> str:
@@ -148,7 +155,7 @@ def lens_grid(result: Lens, piece: Piece) -> None:
         table.add_column(_label(piece, result.tokens[pos], cell), width=cell, no_wrap=True)
     by_key = {(r.layer, r.stage, r.position): r for r in result.rows}
     stages = sorted({(r.layer, 0 if r.stage == "attn" else 1, r.stage) for r in result.rows})
-    colour = console.is_terminal and not console.no_color
+    colour = _colour(console)
     for layer, _, stage in stages:
         cells = []
         for pos in shown:
@@ -219,41 +226,56 @@ def attention_grid(tokens, weights: dict[int, np.ndarray], piece: Piece, no_bos:
     from rich.text import Text
 
     console = _console()
+    colour = _colour(console)
     width = _width(console)
     layers = sorted(weights)
     n_heads = weights[layers[0]].shape[0]
     n = len(tokens)
-    cw = max(4, (width - 8) // n_heads - 2)  # each column pads 1 on both sides
-    strip = min(n, max(0, cw - 6))
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("layer", justify="right")
-    for h in range(n_heads):
-        table.add_column(f"head {h}", width=cw, no_wrap=True)
-    for layer in layers:
-        cells = []
-        for h in range(n_heads):
-            row = weights[layer][h, -1, :n].astype(np.float64)
-            look = row.copy()
-            if no_bos and n > 1:
-                look[0] = -1
-            k = int(np.argmax(look))
-            scale = _scale(row, no_bos)
-            pic = ""
-            if strip:
-                bins = np.array_split(row[1:] if no_bos and n > 1 else row, strip)
-                pic = spark([b.max() if len(b) else 0.0 for b in bins], scale) + " "
-            label = _label(piece, tokens[k], cw - len(pic))
-            cells.append(Text(pic + label, style=_band_style(min(1.0, row[k] / (scale or 1)))))
-        table.add_row(str(layer), *cells)
+    label_min = 6
+    number = 0 if colour else 5  # " 0.45": the weight, where colour would shade it
+    # Each column pads 1 on both sides; the layer column takes about 8. Heads that do
+    # not fit across go into another table below, so nothing is cut.
+    per_table = max(1, min(n_heads, (width - 8) // (label_min + number + 2)))
+    tables = -(-n_heads // per_table)
+    per_table = -(-n_heads // tables)  # as even as the tables can be
+    cw = max(label_min + number, (width - 8) // per_table - 2)
+    strip = min(n, max(0, cw - label_min - number - 1))
     console.print(
         Text.assemble("from ", (_label(piece, tokens[-1], 30), "bold"), ": where each head looks"),
         soft_wrap=True,
     )
-    console.print(table)
+    for first in range(0, n_heads, per_table):
+        heads = range(first, min(n_heads, first + per_table))
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        table.add_column("layer", justify="right")
+        for h in heads:
+            table.add_column(f"head {h}", width=cw, no_wrap=True)
+        for layer in layers:
+            cells = []
+            for h in heads:
+                row = weights[layer][h, -1, :n].astype(np.float64)
+                look = row.copy()
+                if no_bos and n > 1:
+                    look[0] = -1
+                k = int(np.argmax(look))
+                scale = _scale(row, no_bos)
+                pic = ""
+                if strip:
+                    bins = np.array_split(row[1:] if no_bos and n > 1 else row, strip)
+                    pic = spark([b.max() if len(b) else 0.0 for b in bins], scale) + " "
+                label = _label(piece, tokens[k], cw - len(pic) - number)
+                if number:
+                    label = f"{label} {row[k]:.2f}"
+                shade = min(1.0, row[k] / (scale or 1))
+                cells.append(Text(pic + label, style=_band_style(shade)))
+            table.add_row(str(layer), *cells)
+        console.print(table)
     _notice(
         "each cell: the key the last token weighs most"
+        + ("" if colour else " and its weight")
         + (", a strip of the weights over the keys" if strip else "")
         + (" (first token left out of the scale)" if no_bos else "")
+        + (f"; heads in {tables} tables to fit {width} columns" if tables > 1 else "")
         + "; --layer L --head H to zoom in, --stats for measures"
     )
 
@@ -263,7 +285,7 @@ def head_view(tokens, w: np.ndarray, piece: Piece, layer: int, head: int, no_bos
     from rich.text import Text
 
     console = _console()
-    colour = console.is_terminal and not console.no_color and console.color_system
+    colour = _colour(console)
     width = _width(console)
     n = len(tokens)
     w = w[:n, :n].astype(np.float64)
@@ -294,7 +316,7 @@ def head_view(tokens, w: np.ndarray, piece: Piece, layer: int, head: int, no_bos
         "keys: " + " ".join(_label(piece, tokens[j], 8) for j in range(first, n)),
         markup=False,
         highlight=False,
-        soft_wrap=True,
+        soft_wrap=False,  # wrapped at the width, between keys
     )
     row = w[-1]
     text = Text()

@@ -11,6 +11,7 @@ catches a wrong norm, a missing weight, a transposed matrix, a wrong layer or he
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from reference_forward import forward, lens_probs
 from gptcli import attention as A
 from gptcli import lens as L
 from gptcli.engine import Engine, EngineOptions
+from gptcli.render_probs import token_label
 from gptcli.unembedding import final_step
 
 PROMPT = "The capital of France is"
@@ -242,6 +244,42 @@ def test_attention_command_overview_zoom_and_stats(gptcli):
     r = gptcli("attention", "--stats", PROMPT)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 1 + 30 * 9
+
+
+@pytest.mark.parametrize("columns", ["80", "120", None])
+def test_attention_without_colour_prints_the_weights_and_fits_the_width(
+    gptcli, smol_engine, columns
+):
+    # Piped or NO_COLOR, the overview showed only the argmax key (its weight lived in the
+    # colour), 194 columns wide whatever COLUMNS said.
+    from conftest import clean_env
+
+    tokens = smol_engine.tokenize(PROMPT, add_bos=False)
+    weights = A.by_layer(smol_engine.capture(tokens, A.wanted()).tensors)
+    env = clean_env(**({"COLUMNS": columns} if columns else {}))
+    r = gptcli("attention", PROMPT, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert max(len(ln) for ln in lines) <= int(columns or 200), r.stdout
+    seen = {}
+    header = []
+    for ln in lines[1:]:
+        if ln.startswith("layer"):
+            header = [int(h) for h in re.findall(r"head (\d+)", ln)]
+            continue
+        layer, *cells = re.split(r"\s{2,}", ln.strip())
+        for h, cell in zip(header, cells, strict=True):
+            seen[(int(layer), h)] = cell
+    assert len(seen) == 30 * 9  # every head of every layer, none cut
+    for (layer, h), cell in seen.items():
+        row = weights[layer][h, -1, : len(tokens)]
+        k = int(np.argmax(row))
+        label = token_label(smol_engine.piece(tokens[k]))
+        shown, number = cell.split()[-2:]  # a strip of the weights may come first
+        assert shown == label or (shown.endswith("…") and label.startswith(shown[:-1])), cell
+        assert abs(float(number) - row[k]) < 0.006, (layer, h, cell)  # printed to 2 places
+    if columns == "80":
+        assert "heads in 2 tables to fit 80 columns" in r.stderr
 
 
 @pytest.mark.parametrize(
