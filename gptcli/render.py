@@ -42,6 +42,15 @@ def stdout_console() -> Console:
     return _console(False)
 
 
+def pipe_width(default: int) -> int:
+    """The width of a table written to a pipe: COLUMNS when the user set it, else
+    `default` (a pipe has no width of its own)."""
+    import os
+
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else default
+
+
 def print_error(message: str) -> None:
     """One line on stderr: `gptcli: error: ...`."""
     console = stderr_console()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 
@@ -31,11 +30,9 @@ def _console():
     console = stdout_console()
     if console.is_terminal:
         return console
-    from gptcli.render import make_console
+    from gptcli.render import make_console, pipe_width
 
-    columns = os.environ.get("COLUMNS", "")
-    width = int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
-    return make_console(width=width, highlight=False, soft_wrap=True)
+    return make_console(width=pipe_width(PIPE_WIDTH), highlight=False, soft_wrap=True)
 
 
 def _width(console) -> int:

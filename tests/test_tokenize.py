@@ -102,3 +102,19 @@ def test_a_model_llama_cpp_cannot_load_is_one_clear_error(tmp_path):
     assert run.returncode == 1
     assert "llama.cpp could not load" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("columns", [40, None])
+def test_piped_chips_fit_columns_when_it_is_set(tiny_model, columns):
+    # A pipe took 100 columns whatever COLUMNS said.
+    from conftest import clean_env
+
+    text = "The capital of France is Paris, and the capital of Spain is Madrid, and so on."
+    env = clean_env(**({"COLUMNS": str(columns)} if columns else {}))
+    run = run_gptcli("tokenize", "-m", str(tiny_model), "--ids", text, env=env)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()[:-1]  # chips and ids in pairs of lines, then a count
+    assert max(len(ln) for ln in lines) <= (columns or 100)
+    assert max(len(ln) for ln in lines) > (columns or 100) - 15  # filled, not one per line
+    chips = " ".join(lines[0::2]).split()
+    assert "".join(c[1:-1].replace("␣", " ") for c in chips) == text  # nothing cut

@@ -192,7 +192,7 @@ def _print_chips(tokens: list[dict], show_ids: bool) -> None:
     from rich.cells import cell_len
     from rich.text import Text
 
-    from gptcli.render import stdout_console
+    from gptcli.render import pipe_width, stdout_console
     from gptcli.render_probs import token_label
 
     console = stdout_console()
@@ -206,7 +206,7 @@ def _print_chips(tokens: list[dict], show_ids: bool) -> None:
         if not colour:
             label = f"[{label}]"
         chips.append((label, str(t["id"]), t["special"]))
-    width = max(20, console.width if console.is_terminal else 100)
+    width = max(20, console.width if console.is_terminal else pipe_width(100))
     lines: list[tuple[Text, Text]] = []
     top, bottom, used = Text(), Text(), 0
     for i, (label, tid, special) in enumerate(chips):
