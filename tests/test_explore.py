@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -390,6 +391,9 @@ def _saved(tmp_path, engine, **edit) -> Path:
         ("steps_zero", lambda o: o["settings"].update(steps=0), "steps must be from 1"),
         ("negative_t", lambda o: o["settings"].update(temperature=-1), "temperature must be"),
         ("top_p_2", lambda o: o["settings"].update(top_p=2), "top-p must be in"),
+        # the panels would show a probability the model never gave
+        ("forged_logprob", lambda o: o["nodes"][1].update(logprob=-0.01), "the model 0."),
+        ("forged_none", lambda o: o["nodes"][0].update(logprob=None), "probability 0.0000"),
     ],
 )
 def test_hostile_tree_is_refused_in_one_line(tmp_path, smol, name, edit, message):
@@ -398,6 +402,23 @@ def test_hostile_tree_is_refused_in_one_line(tmp_path, smol, name, edit, message
         load_tree(str(path), smol)
     assert message in e.value.message and "\n" not in e.value.message
     assert e.value.exit_code == 2
+
+
+def test_a_loaded_tree_shows_this_models_numbers(tmp_path, smol):
+    # within the tolerance (another backend), the model's own number replaces the file's
+    s = session_for(smol)
+    s.run(3, greedy=True)
+    obj = s.tree.to_json()
+    true = [n["logprob"] for n in obj["nodes"]]
+    for n in obj["nodes"]:
+        n["logprob"] = math.log(min(1.0, math.exp(n["logprob"]) + 0.05))
+        n["rank"] = 7
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(obj))
+    loaded = load_tree(str(path), smol)
+    got = [loaded.nodes[i].logprob for i in range(1, len(loaded.nodes))]
+    np.testing.assert_allclose(got, true, atol=1e-5)
+    assert [loaded.nodes[i].rank for i in range(1, 4)] == [1, 1, 1]  # greedy: the top
 
 
 def test_bad_json_and_another_models_tree(tmp_path, smol, tiny):

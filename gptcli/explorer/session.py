@@ -18,6 +18,7 @@ from gptcli.errors import GptcliError, UsageError
 from gptcli.explorer import tree as treemod
 from gptcli.explorer.dist import NodeLogits, View, view
 from gptcli.explorer.tree import ModelId, Node, Tree
+from gptcli.limits import EXPLORE_CHECK_NODES, EXPLORE_PROB_TOLERANCE
 from gptcli.sampling import Sampler, SamplingParams
 
 CACHE_BYTES = 256 * 1024 * 1024  # logits kept for revisits; older nodes are re-evaluated
@@ -241,9 +242,53 @@ def load_tree(path: str, engine: Engine) -> Tree:
             + (" under the chat template" if tree.chat else "")
             + " for this model's tokenizer",
         )
+    _check_probabilities(tree, engine, path)
     known = {k: v for k, v in tree.settings.items() if k in SamplingParams.__dataclass_fields__}
     try:
         replace(SamplingParams(), **known).validate()  # the ranges, as on the command line
     except UsageError as e:
         raise treemod.TreeFileError(path, e.message) from None
     return tree
+
+
+def _check_probabilities(tree: Tree, engine: Engine, path: str) -> None:
+    """Every node's probability in the file against the model's own, before the tree
+    opens: the panels show these numbers, so a file cannot put them in the model's
+    mouth; what opens carries the model's numbers. One model call per node with
+    children, token by token as the explorer evaluates (a batched pass differs from
+    it by up to 0.06 in probability)."""
+    import math
+
+    import numpy as np
+
+    inner = [nid for nid, node in enumerate(tree.nodes) if node.children]
+    if len(inner) > EXPLORE_CHECK_NODES:
+        raise treemod.TreeFileError(
+            path,
+            f"{len(inner)} of its nodes have children; a tree is checked against the "
+            f"model before it opens, up to {EXPLORE_CHECK_NODES}",
+        )
+    stack = [0]  # depth first: each call evaluates one token after the cached prefix
+    while stack:
+        nid = stack.pop()
+        kids = tree.nodes[nid].children
+        if not kids:
+            continue
+        row = np.asarray(engine.prefill(tree.tokens(nid)), dtype=np.float64)
+        top = row.max()
+        log_z = top + math.log(float(np.exp(row - top).sum()))
+        for c in kids:
+            node = tree.nodes[c]
+            said = math.exp(node.logprob) if node.logprob > -700 else 0.0
+            logprob = float(row[node.token]) - log_z
+            if abs(said - math.exp(logprob)) > EXPLORE_PROB_TOLERANCE:
+                raise treemod.TreeFileError(
+                    path,
+                    f"node {c}: the file gives token {node.token} probability {said:.4f}, "
+                    f"the model {math.exp(logprob):.4f}",
+                )
+            # What is shown is this model's number here (another machine's backend may
+            # differ by a few hundredths), and the rank that goes with it.
+            node.logprob = logprob
+            node.rank = int(np.count_nonzero(row > row[node.token])) + 1
+        stack.extend(reversed(kids))
