@@ -686,3 +686,33 @@ def test_ctrl_c_and_q_quit_during_a_long_run(tiny_long, key, code):
     app = drive(s, check=check)
     assert app.return_code == code and app.return_value is None
     assert seen["depth"] < 500
+
+
+def test_forcing_a_long_text_runs_like_g_and_a_key_stops_it(tiny_long):
+    from textual.widgets import Input
+
+    text = " the cat sat on the mat" * 80  # ~480 tokens, each one decode
+    s = session_for(tiny_long, "Once upon a time")
+    want = s.force_tokens(text)
+    seen = {}
+
+    async def check(app, pilot):
+        await pilot.press("f")
+        app.screen.query_one(Input).value = text
+        await pilot.press("enter", "x")
+        await pilot.pause(0.3)
+        seen["stopped"] = s.tree.depth(s.tree.current)
+        seen["notes"] = [n.message for n in app._notifications]
+        await pilot.press("f")
+        app.screen.query_one(Input).value = " and then"
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+
+    drive(s, check=check)
+    k = seen["stopped"]
+    assert 0 < k < len(want), seen
+    assert f"stopped after {k} of {len(want)}: a key" in seen["notes"]
+    short = s.force_tokens(" and then")
+    path = s.tree.tokens(s.tree.current)[len(s.tree.prompt_tokens) :]
+    assert path == want[:k] + short  # the forced tokens, in order, and nothing else
+    assert all(s.tree.nodes[n].how == "force" for n in s.tree.path(s.tree.current))

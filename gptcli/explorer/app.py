@@ -417,19 +417,23 @@ class Explorer(App[str | None]):
         self._do(self.session.goto, node)
 
     def action_run(self, greedy: int) -> None:
-        if self._run is None:
-            self._run = {"taken": 0, "of": self.session.steps, "stop": None}
-            self.run_worker(self._continue(bool(greedy)), group="run", exclusive=True)
+        self._start(lambda: self.session.step(bool(greedy)), self.session.steps)
 
-    async def _continue(self, greedy: bool) -> None:
-        """`g` / `s`: one token per turn of the event loop, drawn as it comes (at most
-        every REDRAW_S), so keys are read between tokens: any key stops the run."""
+    def _start(self, step, n: int) -> None:
+        """Take up to n tokens with step() (False: no more) as a run a key can stop."""
+        if self._run is None:
+            self._run = {"taken": 0, "of": n, "stop": None}
+            self.run_worker(self._continue(step), group="run", exclusive=True)
+
+    async def _continue(self, step) -> None:
+        """`g` / `s` / `f`: one token per turn of the event loop, drawn as it comes (at
+        most every REDRAW_S), so keys are read between tokens: any key stops the run."""
         s, run = self.session, self._run
         t0 = drawn = time.perf_counter()
         try:
             while run["taken"] < run["of"] and run["stop"] is None:
                 try:
-                    if not s.step(greedy):
+                    if not step():
                         run["stop"] = "end of text or a full context"
                         break
                 except GptcliError as e:
@@ -506,8 +510,23 @@ class Explorer(App[str | None]):
 
     def action_force(self) -> None:
         def done(value: str | None) -> None:
-            if value:
-                self._do(self.session.force, value)
+            if not value:
+                return
+            try:
+                forced = self.session.force_tokens(value)
+            except GptcliError as e:
+                self.say(e.message, error=True)
+                return
+            tokens = iter(forced)
+
+            def take() -> bool:  # a long text runs as `g` does: shown, and a key stops it
+                token = next(tokens, None)
+                if token is None:
+                    return False
+                self.session.accept(token, "force")
+                return True
+
+            self._start(take, len(forced))
 
         self.push_screen(Ask("force the text (its tokens are taken one by one):"), done)
 

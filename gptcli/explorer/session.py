@@ -183,11 +183,16 @@ class Session:
             self.tree.nodes[child].prob = draw.prob
         return True
 
-    def force(self, text: str) -> int:
-        """Take the tokens of `text` (no BOS, no special tokens) one after another."""
+    def force_tokens(self, text: str) -> list[int]:
+        """The tokens `force` takes for `text` (no BOS, no special tokens)."""
         tokens = self.engine.tokenize(text, add_bos=False, special=False)
         if not tokens:
             raise UsageError("that text makes no tokens")
+        return tokens
+
+    def force(self, text: str) -> int:
+        """Take the tokens of `text` one after another."""
+        tokens = self.force_tokens(text)
         for t in tokens:
             self.accept(t, "force")
         return len(tokens)
