@@ -716,3 +716,26 @@ def test_forcing_a_long_text_runs_like_g_and_a_key_stops_it(tiny_long):
     path = s.tree.tokens(s.tree.current)[len(s.tree.prompt_tokens) :]
     assert path == want[:k] + short  # the forced tokens, in order, and nothing else
     assert all(s.tree.nodes[n].how == "force" for n in s.tree.path(s.tree.current))
+
+
+def test_help_fits_a_narrow_terminal(smol):
+    # The help box was 86 columns wide whatever the screen: cut on the right under 86.
+    from textual.widgets import Static
+
+    from gptcli.explorer.app import HELP
+
+    seen = {}
+
+    async def go():
+        app = Explorer(session_for(smol))
+        async with app.run_test(size=(70, 40)) as pilot:
+            await pilot.press("question_mark")
+            await pilot.pause()
+            box = app.screen.query_one(Static)
+            seen["screen"], seen["region"] = type(app.screen).__name__, box.content_region
+
+    asyncio.run(go())
+    region = seen["region"]
+    assert seen["screen"] == "Help" and region.x >= 0 and region.right <= 70, region
+    longest = max(len(line) for line in HELP.splitlines())
+    assert longest > region.width and region.height > len(HELP.splitlines())  # wrapped, whole

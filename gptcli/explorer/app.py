@@ -132,7 +132,7 @@ class Ask(ModalScreen[str | None]):
 class Help(ModalScreen[None]):
     DEFAULT_CSS = """
     Help { align: center middle; }
-    Help > Static { width: 86; height: auto; background: $panel; padding: 1 2; }
+    Help > Static { width: 86; max-width: 100%; height: auto; background: $panel; padding: 1 2; }
     """
 
     def compose(self) -> ComposeResult:
