@@ -426,6 +426,12 @@ def test_bad_json_and_another_models_tree(tmp_path, smol, tiny):
     bad.write_text('{"format": "gptcli-explore", ')
     with pytest.raises(UsageError, match=r"not JSON \(line 1"):
         load_tree(str(bad), smol)
+    # a number Python will not read (over 4,300 digits) was a ValueError traceback
+    (tmp_path / "digits.json").write_text(
+        '{"format": "gptcli-explore", "version": 1' + "1" * 5000 + "}"
+    )
+    with pytest.raises(UsageError, match="Exceeds the limit .4300 digits. for integer"):
+        load_tree(str(tmp_path / "digits.json"), smol)
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(UsageError, match="not UTF-8"):
         load_tree(str(tmp_path / "bin.json"), smol)

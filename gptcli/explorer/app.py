@@ -199,7 +199,7 @@ class Explorer(App[str | None]):
         self._view: View | None = None
         self._drawn_at: tuple | None = None  # what the text and tree panels show
         self._model_name = safe(session.engine.name)[:32]
-        self._run: dict | None = None  # a `g` / `s` in progress: taken, of, why it stopped
+        self._run: dict | None = None  # a run in progress: taken, of, why it stopped
 
     # -- layout ------------------------------------------------------------
 
@@ -453,7 +453,8 @@ class Explorer(App[str | None]):
         self.refresh_all()
 
     async def on_event(self, event: events.Event) -> None:
-        # During `g` / `s` a key or a click only stops the run (Ctrl-C and q still quit).
+        # During a run (`g`, `s`, `f`) a key or a mouse press only stops it (Ctrl-C and q
+        # still quit): the keys are read between tokens.
         if self._run is not None and (
             (isinstance(event, events.Key) and event.key not in ("ctrl+c", "q"))
             or isinstance(event, events.MouseDown)

@@ -193,6 +193,12 @@ class Segment:
     level: int
 
 
+def _short(value) -> str:
+    """A value from a file, for a one-line message: its repr, cut at 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None  # JSON has no -Infinity
 
@@ -223,6 +229,8 @@ def read(path: str | Path) -> dict:
         raise TreeFileError(path, f"not JSON (line {e.lineno}, column {e.colno})") from None
     except RecursionError:
         raise TreeFileError(path, "JSON nested too deeply") from None
+    except ValueError as e:  # Python refuses integers of more than 4,300 digits
+        raise TreeFileError(path, f"not a tree: {str(e).split(';')[0]}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise TreeFileError(path, 'not a gptcli explore tree (no "format": "gptcli-explore")')
     if obj.get("version") != VERSION:
@@ -283,7 +291,7 @@ def from_json(obj: dict, path: str | Path, model: ModelId, piece, n_ctx: int) ->
         want(
             ok,
             f'setting "{key}" must be {"a whole number" if kind is int else "a number"}, '
-            f"got {value!r}",
+            f"got {_short(value)}",
         )
     steps = settings.get("steps")
     want(
