@@ -745,3 +745,29 @@ def test_help_fits_a_narrow_terminal(smol):
     assert seen["screen"] == "Help" and region.x >= 0 and region.right <= 70, region
     longest = max(len(line) for line in HELP.splitlines())
     assert longest > region.width and region.height > len(HELP.splitlines())  # wrapped, whole
+
+
+def test_an_80_column_terminal_keeps_the_text_and_every_number(smol):
+    # The candidates pane was 74 columns whatever the screen: at 80 the text had 6.
+    seen = {}
+
+    async def go(size):
+        app = Explorer(session_for(smol))
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            seen[size] = (
+                app.query_one("#textpane").size.width,
+                app.query_one("#candpane").size.width,
+                candidate_rows(app),
+                app.render_candidates().plain,  # before any cropping to the pane
+            )
+
+    for size in ((80, 24), (120, 40)):
+        asyncio.run(go(size))
+    text_w, cand_w, rows, shown = seen[(80, 24)]
+    assert text_w >= 24 and cand_w <= 54, seen[(80, 24)][:2]
+    assert all(len(line) <= cand_w for line in shown.splitlines()), shown  # nothing cut
+    wide_rows = seen[(120, 40)][2]
+    n = min(len(rows), len(wide_rows))
+    assert n >= 5 and rows[:n] == wide_rows[:n]  # the same numbers, without the bars
+    assert "█" not in shown and "█" in seen[(120, 40)][3]

@@ -34,6 +34,7 @@ TEMPERATURES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0)
 TOP_KS = (1, 2, 5, 10, 20, 40, 100, 1000, 0)  # 0: off, the widest
 TOP_PS = (0.1, 0.3, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0)  # 1: off
 MIN_PS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # 0: off
+FULL_ROW = 71  # columns of a candidate row with both bars (51 without them)
 REDRAW_S = 0.05  # during `g` / `s`: a redraw per token would cost more than the token
 
 HELP = """\
@@ -159,7 +160,7 @@ class Explorer(App[str | None]):
     #left { width: 1fr; }
     #textpane { height: 2fr; border: round $primary; }
     #treepane { height: 1fr; border: round $secondary; }
-    #candpane { width: 74; border: round $accent; }
+    #candpane { width: 74; max-width: 67%; border: round $accent; }
     #status { height: 1; background: $panel; }
     """
     BINDINGS = [
@@ -273,6 +274,12 @@ class Explorer(App[str | None]):
             )
         return out
 
+    def _bars(self) -> bool:
+        """Room for the two bars. The pane takes at most two thirds of the screen (at 80
+        columns the text had 6); narrower, it keeps every number and drops the bars."""
+        width = self.query_one("#candpane").size.width
+        return not width or width >= FULL_ROW
+
     def _rows(self) -> int:
         height = self.query_one("#candpane").size.height
         return max(5, (height or 24) - 6)
@@ -291,11 +298,15 @@ class Explorer(App[str | None]):
         taken = s.tree.follow(s.tree.current)
         taken_token = s.tree.nodes[taken].token if taken is not None else None
         out = Text(no_wrap=True, overflow="crop")
-        out.append(
-            f"{'#':>5} {'token':<14} {'model':<10} {'p':>5} {'logp':>6} {'cum':>5} "
-            f"{'sampled':<10} {'p':>5} cut\n",
-            style="bold",
-        )
+        bars = self._bars()
+        if bars:
+            head = (
+                f"{'#':>5} {'token':<14} {'model':<10} {'p':>5} {'logp':>6} {'cum':>5} "
+                f"{'sampled':<10} {'p':>5} cut\n"
+            )
+        else:
+            head = f"{'#':>5} {'token':<14} {'model':>6} {'logp':>6} {'cum':>5}{'sampled':>7} cut\n"
+        out.append(head, style="bold")
         cum = float(v.model_probs[v.order[:start]].sum()) if start else 0.0
         for rank in range(start, min(start + rows, len(v.order))):
             tok = int(v.order[rank])
@@ -308,9 +319,12 @@ class Explorer(App[str | None]):
             lp = f"{logprob(pm):.2f}" if pm > 0 else "-inf"
             out.append(f"{mark + str(rank + 1):>5} ", style=row)
             out.append(set_cell_size(candidate(s.engine.piece(tok)), 14) + " ", style=row)
-            out.append(bar(pm, 10), style=row + Style.parse(BANDS[band(pm)][2]))
+            if bars:
+                out.append(bar(pm, 10), style=row + Style.parse(BANDS[band(pm)][2]))
             out.append(f" {fmt_prob(pm):>5} {lp:>6} {min(cum, 1.0):>5.2f} ", style=row)
-            out.append(bar(ps, 10), style=row + Style.parse("dim" if cut else BANDS[band(ps)][2]))
+            if bars:
+                ps_style = "dim" if cut else BANDS[band(ps)][2]
+                out.append(bar(ps, 10), style=row + Style.parse(ps_style))
             out.append(f" {fmt_prob(ps) if not cut else '':>5} {cut:<3}\n", style=row)
         out.append(
             f"entropy: model {v.entropy_model:.2f} bits, sampled {v.entropy_sampled:.2f} bits\n"
