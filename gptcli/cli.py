@@ -6,6 +6,7 @@ Each command group lives in `gptcli/commands/` and registers itself here.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -113,6 +114,34 @@ def _lay_out(command) -> None:
             param.rich_help_panel = OPTION_PANELS[param.name]
 
 
+# Commands that load llama.cpp when they run locally (no --server): libllama is loaded
+# before their body imports numpy, the order that kept a CUDA build from crashing
+# (gptcli/libllama.py).
+LOADS_LLAMA = frozenset(
+    ("generate", "chat", "explore", "next", "score", "tokenize", "embed", "lens", "attention")
+) | {"doctor"}
+
+
+def _llama_first(command) -> None:
+    """Make `command` (and a group's subcommands) load libllama before its body runs."""
+    for sub in getattr(command, "commands", {}).values():
+        _llama_first(sub)
+    callback = command.callback
+    if callback is None or getattr(callback, "_llama_first", False):
+        return
+
+    @functools.wraps(callback)
+    def run(*args, **params):
+        if not params.get("server"):
+            from gptcli.libllama import load_first
+
+            load_first()
+        return callback(*args, **params)
+
+    run._llama_first = True
+    command.callback = run
+
+
 class GptcliGroup(TyperGroup):
     """Translates GptcliError, Ctrl-C, SIGTERM, a closed pipe and usage errors into
     one line on stderr and an exit code, where CliRunner still sees that code."""
@@ -126,6 +155,8 @@ class GptcliGroup(TyperGroup):
         command = super().get_command(ctx, name)
         if command is not None:
             _lay_out(command)
+            if name in LOADS_LLAMA:
+                _llama_first(command)
         return command
 
     def invoke(self, ctx):

@@ -68,7 +68,9 @@ def set_verbose(verbose: bool) -> None:
     _verbose = verbose
     llama_cpp = _llama()
     if verbose:
-        llama_cpp.llama_log_set(None, ctypes.c_void_p(0))  # llama.cpp's default: stderr
+        # A NULL pointer of the callback type (ctypes refuses None here): llama.cpp's
+        # own logger, which writes to stderr.
+        llama_cpp.llama_log_set(llama_cpp.llama_log_callback(), ctypes.c_void_p(0))
     else:
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
@@ -122,9 +124,11 @@ class Engine:
                 path_model=str(self.path), params=mparams, verbose=options.verbose
             )
         except (ValueError, RuntimeError):
+            # The header passed gptcli's check: llama.cpp's reason is in its log only.
             raise GptcliError(
-                f"llama.cpp could not load {self.path} (unsupported architecture or "
-                "damaged file; run with --verbose for llama.cpp's log)"
+                f"llama.cpp could not load {self.path} (it refused what gptcli's header "
+                "check let through, often an architecture or tensor type this llama.cpp "
+                "does not know; --verbose shows llama.cpp's own reason)"
             ) from None
         self.n_ctx_train = int(self._model.n_ctx_train())
         if options.vocab_only:
@@ -410,6 +414,70 @@ def _ggml_base():
         ]
         _ggml = lib
     return _ggml
+
+
+@dataclass
+class Device:
+    """A ggml backend device as llama.cpp reports it."""
+
+    backend: str  # the registry it belongs to: CPU, CUDA, Metal, Vulkan, BLAS, ...
+    name: str  # CPU, CUDA0, ...
+    description: str  # the CPU's model name, the GPU's product name
+    kind: str  # cpu, gpu, igpu, accel
+    free: int  # bytes; for the CPU, llama.cpp reports all of RAM as free
+    total: int
+
+
+_DEVICE_KINDS = ("cpu", "gpu", "igpu", "accel", "meta")  # enum ggml_backend_dev_type
+
+
+def devices() -> list[Device]:
+    """Every device llama.cpp's backend registry holds (ggml_backend_dev_*), in its order."""
+    llama_cpp = _llama()
+    default = Path(llama_cpp.__file__).parent / "lib"
+    folder = Path(getattr(llama_cpp.llama_cpp, "_base_path", default))  # LLAMA_CPP_LIB_PATH
+    # The registry lives in libggml, the device accessors in libggml-base: both already
+    # loaded as libllama's dependencies, so these are the same copies llama.cpp uses.
+    reg = _open_lib(folder, "ggml")
+    base = _open_lib(folder, "ggml-base")
+    vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
+    reg.ggml_backend_dev_count.restype, reg.ggml_backend_dev_count.argtypes = sz, []
+    reg.ggml_backend_dev_get.restype, reg.ggml_backend_dev_get.argtypes = vp, [sz]
+    for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+        getattr(base, fn).restype, getattr(base, fn).argtypes = cp, [vp]
+    base.ggml_backend_dev_type.restype, base.ggml_backend_dev_type.argtypes = ctypes.c_int, [vp]
+    base.ggml_backend_dev_memory.restype = None
+    base.ggml_backend_dev_memory.argtypes = [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)]
+    base.ggml_backend_dev_backend_reg.restype, base.ggml_backend_dev_backend_reg.argtypes = vp, [vp]
+    base.ggml_backend_reg_name.restype, base.ggml_backend_reg_name.argtypes = cp, [vp]
+
+    def text(raw: bytes | None) -> str:
+        return (raw or b"").decode("utf-8", errors="replace").strip()
+
+    out = []
+    for i in range(int(reg.ggml_backend_dev_count())):
+        dev = reg.ggml_backend_dev_get(i)
+        free, total = sz(0), sz(0)
+        base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = int(base.ggml_backend_dev_type(dev))
+        out.append(
+            Device(
+                backend=text(base.ggml_backend_reg_name(base.ggml_backend_dev_backend_reg(dev))),
+                name=text(base.ggml_backend_dev_name(dev)),
+                description=text(base.ggml_backend_dev_description(dev)),
+                kind=_DEVICE_KINDS[kind] if 0 <= kind < len(_DEVICE_KINDS) else f"type {kind}",
+                free=int(free.value),
+                total=int(total.value),
+            )
+        )
+    return out
+
+
+def _open_lib(folder: Path, name: str) -> ctypes.CDLL:
+    candidates = sorted(folder.glob(f"lib{name}.*")) + sorted(folder.glob(f"{name}.*"))
+    if not candidates:
+        raise GptcliError(f"lib{name} is missing from {folder}")
+    return ctypes.CDLL(str(candidates[0]))
 
 
 @dataclass

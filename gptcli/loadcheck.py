@@ -90,26 +90,44 @@ def _why(stderr: str) -> str:
     return ""
 
 
-def child_command(path: Path, n_gpu_layers: int | None) -> list[str]:
+def child_command(path: Path, n_gpu_layers: int | None, verbose: bool = False) -> list[str]:
     """The test load: this module run as a script (tests replace it to crash on purpose)."""
     cmd = [sys.executable, "-m", "gptcli.loadcheck", str(path)]
-    return cmd if n_gpu_layers is None else [*cmd, str(n_gpu_layers)]
+    cmd += [] if n_gpu_layers is None else [str(n_gpu_layers)]
+    return [*cmd, "--verbose"] if verbose else cmd
 
 
-def check_first_load(path: str | Path, n_gpu_layers: int | None = None) -> None:
+def crash_message(path: Path, returncode: int, stderr: str | None) -> str:
+    """What is known about a test load that died by a signal, in one line. The header
+    passed gptcli's own check before the child started, so the file is not called
+    damaged: the cause may as well be llama.cpp, its backend or the machine."""
+    why = _why(stderr) if stderr else ""
+    return (
+        f"llama.cpp crashed loading {path} ({signal_name(returncode)}{why}) in gptcli's "
+        "test load; the file passed gptcli's header check, so the cause is not known: "
+        "--verbose shows llama.cpp's own log, "
+        f"{ENV_SKIP}=1 skips this check (a crash then ends gptcli itself)"
+    )
+
+
+def check_first_load(
+    path: str | Path, n_gpu_layers: int | None = None, verbose: bool = False
+) -> None:
     """Load `path` once in a child process unless it loaded cleanly before; raise
-    GptcliError (exit 1) if the child dies by a signal or hangs."""
+    GptcliError (exit 1) if the child dies by a signal or hangs. With `verbose`, the
+    child's stderr (llama.cpp's own log) goes straight to ours."""
     path = Path(path)
     if os.environ.get(ENV_SKIP) == "1" or is_known(path):
         return
-    cmd = child_command(path, n_gpu_layers)
+    cmd = child_command(path, n_gpu_layers, verbose)
     # No gdb backtrace from ggml on an abort: the signal is what counts, and fast.
     env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
     try:
         child = subprocess.run(
             cmd,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=None if verbose else subprocess.PIPE,
             text=True,
             env=env,
             timeout=TIMEOUT_S,
@@ -121,11 +139,7 @@ def check_first_load(path: str | Path, n_gpu_layers: int | None = None) -> None:
             f"set {ENV_SKIP}=1 to load it directly"
         ) from None
     if child.returncode < 0:
-        raise GptcliError(
-            f"llama.cpp crashed loading {path} ({signal_name(child.returncode)}"
-            f"{_why(child.stderr)}): the file is damaged or uses something this "
-            "llama.cpp cannot run"
-        )
+        raise GptcliError(crash_message(path, child.returncode, child.stderr))
     if child.returncode == 0:
         remember(path)
     # Any other exit: the child met a GptcliError (a refusal, memory); this process
@@ -133,12 +147,17 @@ def check_first_load(path: str | Path, n_gpu_layers: int | None = None) -> None:
 
 
 def _child(argv: list[str]) -> int:
-    """`python -m gptcli.loadcheck PATH [NGL]`: load, decode one token, exit 0."""
+    """`python -m gptcli.loadcheck PATH [NGL] [--verbose]`: load, decode one token, exit 0."""
+    from gptcli.libllama import load_first
+
+    load_first()  # before numpy, as the CLI does (gptcli/libllama.py says why)
     from gptcli.engine import Engine, EngineOptions
 
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
     ngl = int(argv[1]) if len(argv) > 1 else None
     try:
-        engine = Engine(argv[0], EngineOptions(n_ctx=32, n_gpu_layers=ngl))
+        engine = Engine(argv[0], EngineOptions(n_ctx=32, n_gpu_layers=ngl, verbose=verbose))
         bos = engine.bos_id
         engine.prefill([bos if 0 <= bos < engine.n_vocab else 0])
     except GptcliError as e:

@@ -162,7 +162,7 @@ def test_a_crash_in_the_first_load_is_one_line(gptcli, tiny_model, tmp_path, loa
     aborts = write_hostile("duplicate_token", tiny_model, tmp_path)
     child = [sys.executable, "-c", _RAW_LOAD, str(aborts)]
     mp = pytest.MonkeyPatch()
-    mp.setattr(loadcheck, "child_command", lambda path, ngl: child)
+    mp.setattr(loadcheck, "child_command", lambda path, ngl, verbose=False: child)
     try:
         with pytest.raises(GptcliError) as e:
             loadcheck.check_first_load(tiny_model)
@@ -171,7 +171,50 @@ def test_a_crash_in_the_first_load_is_one_line(gptcli, tiny_model, tmp_path, loa
     message = e.value.message
     assert e.value.exit_code == 1 and "\n" not in message
     assert f"llama.cpp crashed loading {tiny_model} (SIGABRT" in message
+    assert_says_what_is_known(message)
     assert not loadcheck.is_known(tiny_model)  # a crash is never remembered
+
+
+def assert_says_what_is_known(message: str) -> None:
+    # The header passed gptcli's check: the cause is not known, so no guess about the file.
+    assert "damaged" not in message and "passed gptcli's header check" in message
+    assert "--verbose shows llama.cpp's own log" in message
+    assert "GPTCLI_NO_LOAD_CHECK=1 skips this check" in message
+
+
+_SEGFAULT = "import os, signal, sys; sys.stderr.write('llama_model_loader: loading\\n'); "
+_SEGFAULT += "sys.stderr.flush(); os.kill(os.getpid(), signal.SIGSEGV)"
+
+
+def test_a_segfault_in_the_first_load_names_the_signal_and_the_way_out(
+    tiny_model, load_cache, capfd
+):
+    # A child that dies as the CUDA build's loads did (docs/gpu.md): SIGSEGV, no assertion.
+    from gptcli import loadcheck
+
+    calls = []
+
+    def child(path, ngl, verbose=False):
+        calls.append(verbose)
+        return [sys.executable, "-c", _SEGFAULT]
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(loadcheck, "child_command", child)
+    try:
+        with pytest.raises(GptcliError) as quiet:
+            loadcheck.check_first_load(tiny_model, 0)
+        assert "llama_model_loader" not in capfd.readouterr().err  # captured, not shown
+        with pytest.raises(GptcliError) as loud:
+            loadcheck.check_first_load(tiny_model, 0, verbose=True)
+        # --verbose: the child's stderr (llama.cpp's log) reaches ours as it is written
+        assert "llama_model_loader: loading" in capfd.readouterr().err
+    finally:
+        mp.undo()
+    assert calls == [False, True]
+    for e in (quiet.value, loud.value):
+        assert e.message.startswith(f"llama.cpp crashed loading {tiny_model} (SIGSEGV)")
+        assert_says_what_is_known(e.message)
+    assert loadcheck.child_command(tiny_model, 0, True)[-2:] == ["0", "--verbose"]
 
 
 def test_a_clean_first_load_is_remembered(tiny_model_factory, load_cache):
@@ -189,7 +232,7 @@ def test_a_clean_first_load_is_remembered(tiny_model_factory, load_cache):
     assert entries == [loadcheck.identity(path)]
     # The second load starts no child: make starting one fail loudly.
     mp = pytest.MonkeyPatch()
-    mp.setattr(loadcheck, "child_command", lambda path, ngl: ["false-no-such-binary"])
+    mp.setattr(loadcheck, "child_command", lambda path, ngl, verbose=False: ["false-no-such"])
     try:
         t0 = time.perf_counter()
         _load_engine(path).close()

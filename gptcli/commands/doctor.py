@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from gptcli.commands.options import ModelOpt
 
-def doctor() -> None:
-    """Versions, backend, GPU offload, threads, CPU features and the default model."""
+
+def doctor(model: ModelOpt = None) -> None:
+    """Versions, backend, the devices llama.cpp sees (name, memory), GPU offload and the
+    layers it would offload for the model, threads, CPU features and the default model."""
     import platform
     import sys
     from importlib import metadata
@@ -25,11 +28,9 @@ def doctor() -> None:
         for part in info.replace("|", ";").split(";")
         if part.strip().endswith("= 1")
     ]
-    backends = [
-        name
-        for name in ("CUDA", "Metal", "Vulkan", "ROCm", "HIP", "SYCL", "OpenCL")
-        if name.upper() in info.upper()
-    ]
+    devices = engine.devices()
+    backends = list(dict.fromkeys(d.backend for d in devices if d.backend))
+    offload = engine.supports_gpu_offload()
     embedded = models.embedded_model_path()
     rows = [
         ("gptcli", __version__),
@@ -39,7 +40,9 @@ def doctor() -> None:
         ("huggingface-hub", version("huggingface-hub")),
         ("gguf", version("gguf")),
         ("backend", ", ".join(backends) if backends else "CPU"),
-        ("gpu offload", "yes" if engine.supports_gpu_offload() else "no (CPU build)"),
+        *((f"device {d.name}", _device(d)) for d in devices),
+        ("gpu offload", "yes" if offload else "no (CPU build)"),
+        ("gpu layers", _gpu_layers(model, offload)),
         ("threads", f"{engine.usable_cores()} usable cores (the default for --threads)"),
         ("cpu features", " ".join(features) or "none reported"),
         (
@@ -70,3 +73,32 @@ def _label(path) -> str:
         return label(read_header(path))
     except GGUFError:
         return "unreadable"
+
+
+def _device(d) -> str:
+    from gptcli.resources import human
+    from gptcli.terminal import safe
+
+    if d.kind == "cpu":  # llama.cpp reports all of RAM as free for the CPU
+        memory = f"{human(d.total)} RAM"
+    else:
+        memory = f"{human(d.total)} memory, {human(d.free)} free"
+    return safe(f"{d.description or d.name} ({d.backend} backend, {d.kind}), {memory}")
+
+
+def _gpu_layers(model: str | None, offload: bool) -> str:
+    """What the default -ngl would offload for the model (-m, else the default one)."""
+    from gptcli import models
+    from gptcli.errors import GptcliError
+    from gptcli.gguf_check import read_header
+
+    try:
+        path = models.resolve(model).path  # -m, else $GPTCLI_MODEL, else the embedded one
+        meta = read_header(path).metadata
+    except GptcliError as e:
+        return f"unknown ({e.message})"
+    n = meta.get(f"{meta.get('general.architecture')}.block_count")
+    layers = f"{n} layers" if isinstance(n, int) else "its layers"
+    if offload:
+        return f"all {layers} of {path.name} and its output layer (the default -ngl -1)"
+    return f"0 of {layers} of {path.name}: this llama.cpp build has no GPU backend"

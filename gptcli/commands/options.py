@@ -148,7 +148,7 @@ def load_engine(
     from gptcli.loadcheck import check_first_load
 
     header = read_header(ref.path)  # a refused file is refused before any child starts
-    check_first_load(ref.path, gpu_layers)  # an abort in llama.cpp ends a child, not us
+    check_first_load(ref.path, gpu_layers, verbose)  # an abort ends a child, not us
     return Engine(
         ref.path,
         EngineOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose),
