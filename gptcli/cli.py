@@ -68,7 +68,8 @@ COMMAND_PANELS: dict[str, dict[str, str]] = {
 # Each command's options grouped the same way everywhere; unnamed ones stay in "Options".
 OPTION_PANELS: dict[str, str] = {
     **dict.fromkeys(
-        ("model", "ctx", "threads", "gpu_layers", "verbose", "server"), "Model and backend"
+        ("model", "ctx", "threads", "gpu_layers", "verbose", "server", "timeout"),
+        "Model and backend",
     ),
     **dict.fromkeys(
         (

@@ -12,7 +12,10 @@ so other tools share the files. The HTTP itself is huggingface_hub's (`model_inf
 HF_HUB_OFFLINE work as everywhere else. Xet storage is not used: without an `X-Xet-Hash`
 header a download is plain HTTP, and the hub serves every file over plain HTTP too.
 
-huggingface_hub's exceptions are translated in one place, `_translate`.
+huggingface_hub's exceptions are translated in one place, `_translate`. Every hub
+request waits at most --timeout (else $GPTCLI_TIMEOUT, else limits.HUB_TIMEOUT_S) to
+connect and between two reads: `_bounded` sets it on huggingface_hub's client, whose
+own calls sometimes ask for no timeout at all.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from gptcli.hub_refs import (
     is_sha256,
     parse_ref,
 )
+from gptcli.limits import HUB_TIMEOUT_S, MAX_HUB_FILES, MAX_TIMEOUT_S
 
 if TYPE_CHECKING:
     from gptcli.models import ModelRef
@@ -123,6 +127,46 @@ def _repo_dir(repo_id: str) -> Path:
     from huggingface_hub.file_download import repo_folder_name
 
     return cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+# --------------------------------------------------------------------------- time
+
+
+_timeout = {"s": HUB_TIMEOUT_S, "installed": False}
+
+
+def hub_timeout(timeout: float | None = None) -> float:
+    """--timeout, else $GPTCLI_TIMEOUT (a pull that -m starts), else the default."""
+    if timeout is not None:
+        return timeout
+    try:
+        env = float(os.environ.get("GPTCLI_TIMEOUT", ""))
+    except ValueError:
+        return HUB_TIMEOUT_S
+    return env if 0 < env <= MAX_TIMEOUT_S else HUB_TIMEOUT_S
+
+
+def _bounded(timeout: float | None) -> None:
+    """Give every later hub request `timeout` seconds (connect, read, write, pool)."""
+    _timeout["s"] = hub_timeout(timeout)
+    if _timeout["installed"]:
+        return
+    import httpx2
+    from huggingface_hub.utils import _http
+
+    def clamp(request) -> None:
+        # huggingface_hub passes timeout=None (no limit) on some calls, 10 s on others.
+        request.extensions["timeout"] = httpx2.Timeout(_timeout["s"]).as_dict()
+
+    def factory():
+        client = _http.default_client_factory()
+        hooks = client.event_hooks
+        hooks["request"] = [*hooks.get("request", []), clamp]
+        client.event_hooks = hooks
+        return client
+
+    _http.set_client_factory(factory)
+    _timeout["installed"] = True
 
 
 # --------------------------------------------------------------------------- errors
@@ -394,7 +438,12 @@ def remote_variants(ref: HubRef) -> tuple[str, list[Variant]]:
     if not is_commit_hash(commit):
         raise GptcliError(f"the hub at {endpoint()} gave no valid commit for {ref.repo_id}")
     files = []
-    for item in api.list_repo_tree(ref.repo_id, revision=commit, recursive=True):
+    for n, item in enumerate(api.list_repo_tree(ref.repo_id, revision=commit, recursive=True)):
+        if n >= MAX_HUB_FILES:
+            raise GptcliError(
+                f"the hub at {endpoint()} lists more than {MAX_HUB_FILES} files in "
+                f"{ref.repo_id}: refused"
+            )
         if not isinstance(item, RepoFile):
             continue
         if item.path.lower().endswith(".gguf"):
@@ -410,9 +459,12 @@ def remote_variants(ref: HubRef) -> tuple[str, list[Variant]]:
     return commit, group_variants(files)
 
 
-def list_remote(text: str) -> tuple[HubRef, list[Variant], Variant | None]:
+def list_remote(
+    text: str, timeout: float | None = None
+) -> tuple[HubRef, list[Variant], Variant | None]:
     """The GGUF files of a repo, and the one `pull` would choose for `text`."""
     ref = parse_ref(text)
+    _bounded(timeout)
     with _hub_errors(str(ref)):
         if is_offline():
             raise GptcliError("HF_HUB_OFFLINE is set: listing a repo needs the hub")
@@ -426,11 +478,12 @@ def list_remote(text: str) -> tuple[HubRef, list[Variant], Variant | None]:
     return ref, variants, chosen
 
 
-def pull(ref: HubRef, *, label: str | None = None) -> Pulled:
+def pull(ref: HubRef, *, label: str | None = None, timeout: float | None = None) -> Pulled:
     """Download `ref` into the HF cache (resuming a partial download), verify every part's
     checksum and GGUF header, and return where it is. Falls back to the cached copy when
-    the hub cannot be reached."""
+    the hub cannot be reached. `timeout`: see hub_timeout."""
     label = label or str(ref)
+    _bounded(timeout)
     cached = find_cached(ref)
     if is_offline():
         if cached is None:

@@ -12,6 +12,45 @@ from __future__ import annotations
 
 # -- servers: time, size and the numbers they send ---------------------------
 
+# --timeout's defaults. A server that does not accept a connection in 10 s is down
+# or unreachable; one that is silent for 300 s between two parts of a reply is hung
+# (a long prompt on a busy server can still take minutes before its first token).
+CONNECT_TIMEOUT_S = 10.0
+SILENCE_TIMEOUT_S = 300.0
+# The hub: huggingface_hub's own default; several of its calls pass no timeout at
+# all (they would wait for ever), so every hub request gets this one, or --timeout.
+HUB_TIMEOUT_S = 10.0
+# --timeout itself: a day is already longer than any reply worth waiting for.
+MAX_TIMEOUT_S = 86_400.0
+
+# One event line of a stream. A token's event is a few KB even with 20 alternatives;
+# llama-server's last event repeats the prompt and its settings: 16 MiB leaves room.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+# One JSON reply (not streamed): `score` echoes every prompt token with its numbers,
+# about 200 bytes a token, so 64 MiB is a prompt far beyond any context.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+# A whole stream, whatever -n says: a server that ignores max_tokens and sends one
+# huge token per event stops here (256 MiB is ~50 million words of text).
+MAX_STREAM_BYTES = 256 * 1024 * 1024
+# An HTTP error's body: only its first line is shown.
+MAX_ERROR_BYTES = 64 * 1024
+
+# --each-line --server: a request whose connection drops (reset, closed, refused) is
+# sent once more before its line is reported as failed; the other lines go on.
+LINE_RETRIES = 1
+
+# Log probabilities. A probability is at most 1, so a log probability is at most 0;
+# servers round in float32, so up to this much above 0 is read as 0, not refused.
+LOGPROB_ROUNDING = 1e-4
+# The alternatives of one token are distinct tokens: their probabilities sum to at
+# most 1 (this much over is float rounding). More is impossible: refused, not shown.
+PROB_SUM_SLACK = 0.01
+# Alternatives read per token: more than any server allows (vLLM, Ollama 20; TGI 5);
+# a server that sends millions for one token costs no more than this.
+MAX_CANDIDATES = 1000
+# The hub's file listing of one repo (the biggest GGUF repos list a few hundred).
+MAX_HUB_FILES = 100_000
+
 # -- views and the explorer ---------------------------------------------------
 
 # `g` / `s` continue at most this many tokens at a time (-n, the `n` key, a tree file's

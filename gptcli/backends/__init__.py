@@ -25,13 +25,15 @@ def open_backend(
     threads: int | None = None,
     gpu_layers: int | None = None,
     verbose: bool = False,
+    timeout: float | None = None,
 ) -> Backend:
-    """The server at `server` (`-m` names one of its models), else the local model."""
+    """The server at `server` (`-m` names one of its models), else the local model.
+    `timeout` (--timeout): seconds to connect and of silence; None for the defaults."""
     if server:
         from gptcli.backends.remote import RemoteBackend
 
         ignored_local_options(ctx, threads, gpu_layers, verbose)
-        return RemoteBackend(server, model=model)
+        return RemoteBackend(server, model=model, timeout=timeout)
     from gptcli.backends.local import LocalBackend
     from gptcli.commands.options import load_engine
 

@@ -11,12 +11,17 @@ A new server quirk is one change here: a `Dialect` row, or a branch in the parse
 - Floors: a probability of 0 comes as -3.4e38 (llama-server, the lowest float) or
   -9999 (vLLM): both are read as log 0.
 - Caps on `top_logprobs`: vLLM and Ollama refuse more than 20 (HTTP 400), TGI 5.
+- Numbers that cannot be (a log probability above 0, NaN, text, alternatives whose
+  probabilities sum past 1) are dropped here and counted in `Entry.dropped`, so the
+  caller says so once; they are never shown.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from gptcli.limits import LOGPROB_ROUNDING, MAX_CANDIDATES, PROB_SUM_SLACK
 
 NEG_INF = float("-inf")
 VLLM_FLOOR = -9999.0
@@ -77,15 +82,16 @@ def num(x) -> bool:
 
 
 def logprob(x) -> float | None:
-    """A reported log probability: None when absent, log 0 for the servers' floors."""
+    """A reported log probability: None when absent or impossible (above 0, NaN,
+    not a number), log 0 for the servers' floors (and -inf)."""
     if not num(x):
         return None
     v = float(x)
-    if math.isnan(v):
+    if math.isnan(v) or v > LOGPROB_ROUNDING:
         return None
     if v <= FLOAT_FLOOR or v == VLLM_FLOOR:
         return NEG_INF
-    return v
+    return min(v, 0.0)  # float32 rounding just above 0: probability 1
 
 
 def prob_as_logprob(x) -> float | None:
@@ -93,6 +99,22 @@ def prob_as_logprob(x) -> float | None:
     if not num(x) or not 0.0 <= float(x) <= 1.0:
         return None
     return math.log(x) if x > 0 else NEG_INF
+
+
+def count(x) -> int | None:
+    """A token count a server reports: a whole number >= 0, else None (not shown)."""
+    return x if isinstance(x, int) and not isinstance(x, bool) and x >= 0 else None
+
+
+def rate(x) -> float | None:
+    """A speed a server reports (tokens/s): finite and > 0, else None."""
+    return float(x) if num(x) and math.isfinite(x) and x > 0 else None
+
+
+IMPOSSIBLE = (
+    "the server sent impossible probabilities (a log probability above 0, NaN or not "
+    "a number, or alternatives summing past 1): dropped, not shown"
+)
 
 
 # -- token entries -------------------------------------------------------------------
@@ -113,6 +135,18 @@ class Entry:
     id: int | None
     logprob: float | None
     top: tuple[Candidate, ...]
+    dropped: int = 0  # impossible numbers left out of this entry
+
+
+def _checked(piece: bytes, id_: int | None, raw, value, top: list[Candidate], bad: int) -> Entry:
+    """An Entry, its impossible numbers dropped and counted: `raw` is the chosen
+    token's number as sent (absent is not impossible), `value` as read."""
+    if raw is not None and value is None:
+        bad += 1
+    if sum(math.exp(c.logprob) for c in top) > 1.0 + PROB_SUM_SLACK:
+        bad += len(top)  # which of them is wrong cannot be told: none is shown
+        top = []
+    return Entry(piece, id_, value, tuple(top), bad)
 
 
 def piece_of(entry: dict, text_key: str = "token") -> bytes:
@@ -134,18 +168,23 @@ def legacy_entries(lp: dict) -> list[Entry]:
     """{tokens, token_logprobs, top_logprobs: [{text: logprob}]}"""
     values = lp.get("token_logprobs") or []
     tops = lp.get("top_logprobs") or []
+    values = values if isinstance(values, list) else []
+    tops = tops if isinstance(tops, list) else []
     out = []
     for i, text in enumerate(lp.get("tokens") or []):
         if not isinstance(text, str):
             continue
-        v = logprob(values[i]) if i < len(values) else None
+        raw = values[i] if i < len(values) else None
         t = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
-        top = tuple(
-            Candidate(k.encode("utf-8", errors="surrogatepass"), None, x)
-            for k, x in ((k, logprob(x)) for k, x in t.items())
-            if x is not None
-        )
-        out.append(Entry(text.encode("utf-8", errors="surrogatepass"), None, v, top))
+        top, bad = [], 0
+        for k, x in list(t.items())[:MAX_CANDIDATES]:
+            v = logprob(x)
+            if v is None:
+                bad += x is not None
+            else:
+                top.append(Candidate(k.encode("utf-8", errors="surrogatepass"), None, v))
+        piece = text.encode("utf-8", errors="surrogatepass")
+        out.append(_checked(piece, None, raw, logprob(raw), top, bad))
     return out
 
 
@@ -154,13 +193,17 @@ def chat_entry(e: dict, sampled: bool = False) -> Entry:
     with `sampled` llama-server's post-sampling {prob, top_probs: [{prob}]}."""
     value = prob_as_logprob if sampled else logprob
     key, top_key = ("prob", "top_probs") if sampled else ("logprob", "top_logprobs")
-    top = []
-    for t in e.get(top_key) or []:
+    top, bad = [], 0
+    listed = e.get(top_key)
+    for t in listed[:MAX_CANDIDATES] if isinstance(listed, list) else ():
         if isinstance(t, dict):
             v = value(t.get(key))
             if v is not None:
                 top.append(Candidate(piece_of(t), _id(t), v))
-    return Entry(piece_of(e), _id(e), value(e.get(key)), tuple(top))
+            elif t.get(key) is not None:
+                bad += 1
+    raw = e.get(key)
+    return _checked(piece_of(e), _id(e), raw, value(raw), top, bad)
 
 
 def entries(lp, sampled: bool = False) -> list[Entry]:

@@ -3,25 +3,41 @@
 JSON requests and server-sent-event streams over the standard library's
 http.client, each request on its own connection (so threads may share a client),
 and every network failure translated here, from one table, into a one-line
-GptcliError with the fix.
+GptcliError with the fix. Every read is bounded (gptcli/limits.py): in time, by
+--timeout (to connect, and the longest silence between two events of a stream or
+before a whole reply), and in size (an event line, a reply, a whole stream).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gptcli.errors import GptcliError, UsageError
+from gptcli.limits import (
+    CONNECT_TIMEOUT_S,
+    MAX_ERROR_BYTES,
+    MAX_EVENT_BYTES,
+    MAX_REPLY_BYTES,
+    MAX_STREAM_BYTES,
+    SILENCE_TIMEOUT_S,
+)
 
 ENV_SERVER = "GPTCLI_SERVER"
 ENV_API_KEY = "GPTCLI_API_KEY"
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 600.0  # a long prompt on a busy server can take minutes to start
+_READ = 64 * 1024
+
+
+class ConnectionLost(GptcliError):
+    """The connection failed or dropped (refused, reset, closed early): a request
+    worth sending once more, where sending it twice does no harm (--each-line)."""
 
 
 @dataclass(frozen=True)
@@ -52,28 +68,43 @@ class ServerURL:
 
 
 class _Reply:
-    """An open HTTP response; closes its connection when done."""
+    """An open HTTP response; closes its connection when done. Reads wait at most
+    until `deadline` (time.monotonic()), which the caller moves as the reply goes on."""
 
     def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse):
         self.conn, self.resp = conn, resp
+        self.deadline = math.inf  # set by the reader before its first read
+
+    def read1(self) -> bytes:
+        """Some bytes of the body (b"" at its end), waiting no later than the deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        if self.conn.sock is not None:
+            self.conn.sock.settimeout(left)
+        return self.resp.read1(_READ)
 
     def close(self) -> None:
         self.conn.close()
 
 
 class HttpClient:
-    """One server's base URL and API key."""
+    """One server's base URL and API key, and how long to wait for it: `timeout`
+    seconds to connect and of silence (None: limits.CONNECT_TIMEOUT_S to connect,
+    limits.SILENCE_TIMEOUT_S of silence)."""
 
-    def __init__(self, url: str, api_key: str | None = None):
+    def __init__(self, url: str, api_key: str | None = None, timeout: float | None = None):
         self.url = ServerURL.parse(url)
         self.api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY) or None
+        self.connect_s = timeout if timeout is not None else CONNECT_TIMEOUT_S
+        self.silence_s = timeout if timeout is not None else SILENCE_TIMEOUT_S
 
     # -- HTTP, with every failure translated once --------------------------------
 
     def open(self, method: str, path: str, body: dict | None = None) -> _Reply:
         u = self.url
         cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-        conn = cls(u.host, u.port, timeout=CONNECT_TIMEOUT_S)
+        conn = cls(u.host, u.port, timeout=self.connect_s)
         headers = {"Accept": "application/json, text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -83,7 +114,7 @@ class HttpClient:
             headers["Content-Type"] = "application/json"
         try:
             conn.connect()
-            conn.sock.settimeout(READ_TIMEOUT_S)
+            conn.sock.settimeout(self.silence_s)
             conn.request(method, u.base + path, body=data, headers=headers)
             resp = conn.getresponse()
         except BaseException as e:
@@ -101,17 +132,25 @@ class HttpClient:
         if not isinstance(e, Exception):  # KeyboardInterrupt, Terminated: pass through
             return e
         if isinstance(e, ConnectionRefusedError):
-            return GptcliError(
+            return ConnectionLost(
                 f"cannot reach the server at {where}: connection refused "
                 f"(is it running? check --server or ${ENV_SERVER})"
             )
         if isinstance(e, socket.gaierror):
             return GptcliError(f"cannot resolve the server's host in {where} (check --server)")
         if isinstance(e, TimeoutError | socket.timeout):
-            return GptcliError(f"the server at {where} did not answer{during} in time")
+            return GptcliError(
+                f"the server at {where} sent nothing for {self.silence_s:g} s{during} "
+                "(--timeout S waits longer)"
+            )
         if isinstance(e, http.client.IncompleteRead | http.client.RemoteDisconnected):
-            return GptcliError(f"the server at {where} closed the connection{during}")
-        if isinstance(e, ConnectionError | http.client.HTTPException | OSError):
+            return ConnectionLost(f"the server at {where} closed the connection{during}")
+        if isinstance(e, ConnectionError):
+            reason = getattr(e, "strerror", None) or type(e).__name__
+            return ConnectionLost(
+                f"the connection to the server at {where} failed{during}: {reason}"
+            )
+        if isinstance(e, http.client.HTTPException | OSError):
             reason = getattr(e, "strerror", None) or type(e).__name__
             return GptcliError(f"the connection to the server at {where} failed{during}: {reason}")
         return e
@@ -134,16 +173,29 @@ class HttpClient:
         return GptcliError(f"the server at {where} failed (HTTP {status}){tail}")
 
     def json(self, method: str, path: str, body: dict | None = None) -> dict:
+        """A JSON object, read whole within --timeout of the reply's start and
+        refused past limits.MAX_REPLY_BYTES."""
         reply = self.open(method, path, body)
+        reply.deadline = time.monotonic() + self.silence_s
+        parts, size = [], 0
         try:
-            raw = reply.resp.read()
+            while chunk := reply.read1():
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise GptcliError(
+                        f"the server at {self.url.display} sent a reply over "
+                        f"{MAX_REPLY_BYTES >> 20} MiB for {path}: refused"
+                    )
+                parts.append(chunk)
+        except GptcliError:
+            raise
         except Exception as e:
             raise self._translate(e, path, during=" while replying") from None
         finally:
             reply.close()
         try:
-            obj = json.loads(raw)
-        except ValueError:
+            obj = json.loads(b"".join(parts))
+        except (ValueError, RecursionError):
             raise GptcliError(
                 f"the server at {self.url.display} sent a reply that is not JSON for {path}"
             ) from None
@@ -155,17 +207,13 @@ class HttpClient:
 
     def events(self, path: str, body: dict, end=None) -> Iterator[dict]:
         """The JSON objects of a server-sent-event stream, until `[DONE]` (or an
-        object for which `end(obj)` is true: llama-server's native stream)."""
+        object for which `end(obj)` is true: llama-server's native stream). Each event
+        must come within --timeout of the one before (keep-alive lines do not count),
+        each line is at most limits.MAX_EVENT_BYTES, the stream limits.MAX_STREAM_BYTES."""
         reply = self.open("POST", path, body)
         done = False
         try:
-            while True:
-                try:
-                    line = reply.resp.readline()
-                except Exception as e:
-                    raise self._translate(e, path, during=" in the middle of its reply") from None
-                if not line:
-                    break
+            for line in self._lines(reply, path):
                 line = line.strip()
                 if not line.startswith(b"data:"):
                     continue  # comments, `event:` lines, keep-alives
@@ -175,7 +223,7 @@ class HttpClient:
                     break
                 try:
                     obj = json.loads(data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise GptcliError(
                         f"the server at {self.url.display} sent a malformed event in its reply"
                     ) from None
@@ -185,15 +233,52 @@ class HttpClient:
                         f"{_message(obj['error'])}"
                     )
                 yield obj
+                # The next event within --timeout of this one (counted from here, so
+                # a slow reader of the events is not taken for a silent server).
+                reply.deadline = time.monotonic() + self.silence_s
                 if end is not None and isinstance(obj, dict) and end(obj):
                     done = True
                     break
         finally:
             reply.close()
         if not done:
-            raise GptcliError(
+            raise ConnectionLost(
                 f"the server at {self.url.display} ended its reply early (no end-of-stream mark)"
             )
+
+    def _lines(self, reply: _Reply, path: str) -> Iterator[bytes]:
+        """The body's lines, each bounded in size, the stream in total size."""
+        reply.deadline = time.monotonic() + self.silence_s
+        head: list[bytes] = []  # the pieces of the line not yet ended
+        size = total = 0
+        where = self.url.display
+        while True:
+            try:
+                chunk = reply.read1()
+            except Exception as e:
+                raise self._translate(e, path, during=" in the middle of its reply") from None
+            if not chunk:
+                if head:
+                    yield b"".join(head)
+                return
+            total += len(chunk)
+            if total > MAX_STREAM_BYTES:
+                raise GptcliError(
+                    f"the server at {where} sent over {MAX_STREAM_BYTES >> 20} MiB in one "
+                    "reply: stopped"
+                )
+            lines = chunk.split(b"\n")  # only the new bytes: a long line costs no rescans
+            if len(lines) > 1:
+                yield b"".join(head) + lines[0]
+                yield from lines[1:-1]
+                head, size = [], 0
+            head.append(lines[-1])
+            size += len(lines[-1])
+            if size > MAX_EVENT_BYTES:
+                raise GptcliError(
+                    f"the server at {where} sent a line over {MAX_EVENT_BYTES >> 20} MiB "
+                    "in its reply: refused"
+                )
 
 
 def _message(err) -> str:
@@ -205,7 +290,7 @@ def _message(err) -> str:
 def _error_detail(resp: http.client.HTTPResponse) -> str:
     """The server's own reason for an HTTP error, shortened to one line."""
     try:
-        raw = resp.read(64 * 1024)
+        raw = resp.read(MAX_ERROR_BYTES)
     except Exception:
         return ""
     try:

@@ -94,3 +94,21 @@ def print_in_order(texts: Iterable[str]) -> None:
         # One output line per input line: a reply's own line breaks are written as \n.
         out.write(guard(text.strip("\n").replace("\n", "\\n")) + "\n")
         out.flush()
+
+
+def report_failures(results: Iterable[tuple[str, str | None]]) -> Iterator[str]:
+    """(text, error) per line to the texts; a failed line is one error line on stderr
+    and an empty output line, and once all are through, a failure (non-zero exit)
+    says how many lines failed."""
+    from gptcli.errors import GptcliError
+    from gptcli.render import print_error
+
+    failed = total = 0
+    for text, error in results:
+        total += 1
+        if error is not None:
+            failed += 1
+            print_error(f"line {total}: {error}")
+        yield text
+    if failed:
+        raise GptcliError(f"{failed} of {total} lines failed (their output lines are empty)")

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gptcli.backends import dialects
-from gptcli.backends.base import Backend, Capabilities, NextStep, Request, require
-from gptcli.backends.http import HttpClient
+from gptcli.backends.base import Backend, Capabilities, NextStep, Request, collect_text, require
+from gptcli.backends.http import ConnectionLost, HttpClient
 from gptcli.errors import GptcliError, UsageError
 from gptcli.generation import Finish, Timings, TokenEvent
+from gptcli.limits import LINE_RETRIES
 from gptcli.sampling import Alternative, Draw
 
 UNKNOWN = float("nan")  # a probability the server did not report
@@ -78,8 +79,14 @@ class RemoteTimings(Timings):
 class RemoteBackend(Backend):
     """One server. Thread-safe: each request has its own connection."""
 
-    def __init__(self, url: str, model: str | None = None, api_key: str | None = None):
-        self.http = HttpClient(url, api_key)
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float | None = None,
+    ):
+        self.http = HttpClient(url, api_key, timeout)
         self.url = self.http.url
         self.model = model  # the `model` field sent; None: the server's default
         self.vocab = RemoteVocab()
@@ -87,6 +94,17 @@ class RemoteBackend(Backend):
         self.name = model or ""
         self._dialect: dialects.Dialect | None = None
         self._lock = threading.Lock()
+        self._said: set[str] = set()  # notices already given (once per run)
+
+    def once(self, message: str) -> None:
+        """A notice on stderr, once per run (lines and steps share a backend)."""
+        from gptcli.render import notice
+
+        with self._lock:
+            if message in self._said:
+                return
+            self._said.add(message)
+        notice(message)
 
     # -- what it is --------------------------------------------------------------------
 
@@ -188,7 +206,8 @@ class RemoteBackend(Backend):
             body["stop"] = list(stops)
         if logprobs or n_top:
             body["logprobs"] = max(1, n_top)
-        return RemoteGeneration(self, "/v1/completions", body, n_top, bool(logprobs or n_top))
+        want = bool(logprobs or n_top)
+        return RemoteGeneration(self, "/v1/completions", body, n_top, want, limit=max_tokens)
 
     def chat(self, messages, params, max_tokens=None, stops=(), n_top=0, logprobs=False):
         """A reply to `messages` (`/v1/chat/completions`; the server applies the
@@ -202,7 +221,8 @@ class RemoteBackend(Backend):
         if logprobs or n_top:
             body["logprobs"] = True
             body["top_logprobs"] = max(1, n_top)
-        return RemoteGeneration(self, "/v1/chat/completions", body, n_top, bool(logprobs or n_top))
+        want = bool(logprobs or n_top)
+        return RemoteGeneration(self, "/v1/chat/completions", body, n_top, want, limit=max_tokens)
 
     def _native(self, request: Request, n_top: int) -> RemoteGeneration:
         """llama-server's own /completion with post_sampling_probs: the probabilities
@@ -221,7 +241,35 @@ class RemoteBackend(Backend):
         body["n_predict"] = request.max_tokens if request.max_tokens is not None else -1
         if request.stops:
             body["stop"] = list(request.stops)
-        return RemoteGeneration(self, "/completion", body, n_top, True, native=True)
+        return RemoteGeneration(
+            self, "/completion", body, n_top, True, native=True, limit=request.max_tokens
+        )
+
+    def each_line(self, lines, prefix: str | None, request: Request, jobs: int):
+        """One request per line, `jobs` at a time. A line whose connection drops is
+        sent once more (limits.LINE_RETRIES); a line that still fails is an error line
+        on stderr and an empty output line, the others go on, and the run fails at the
+        end (as a local line too long for the context)."""
+        from dataclasses import replace
+
+        from gptcli.backends.lines import line_prompt, ordered, report_failures
+
+        def work(line: str) -> tuple[str, str | None]:
+            if not line.strip():
+                return "", None  # a blank line stays a blank line: nothing to ask
+            one = replace(request, text=line_prompt(prefix, line))
+            for attempt in range(1 + LINE_RETRIES):
+                try:
+                    return collect_text(self.start(one)), None
+                except ConnectionLost as e:
+                    if attempt == LINE_RETRIES:
+                        return "", f"{e.message} (tried {1 + LINE_RETRIES} times)"
+                except GptcliError as e:
+                    return "", e.message
+            raise AssertionError("unreachable")
+
+        results = (work(line) for line in lines) if jobs == 1 else ordered(lines, work, jobs)
+        return report_failures(results)
 
     def run_chat(
         self, params, *, system, saved, resume, max_tokens, stops, interactive, constraint=None
@@ -278,9 +326,10 @@ class RemoteBackend(Backend):
         found = dialects.entries(choice.get("logprobs"))
         if not found or not found[0].top:
             raise GptcliError(NO_LOGPROBS.format(what="`next` needs them"))
+        if any(e.dropped for e in found[:steps]):
+            self.once(dialects.IMPOSSIBLE)
         usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
-        n = usage.get("prompt_tokens")
-        n = n if isinstance(n, int) else None
+        n = dialects.count(usage.get("prompt_tokens"))
         notice(NO_ENTROPY.format(k=top))
         short = False
         for step, entry in enumerate(found[:steps]):
@@ -328,6 +377,8 @@ class RemoteBackend(Backend):
         tokens, values = lp["tokens"], lp.get("token_logprobs") or []
         offsets = lp.get("text_offset") or []
         entries = dialects.legacy_entries(lp)
+        if any(e.dropped for e in entries):
+            self.once(dialects.IMPOSSIBLE)
         # A server that echoes gives the prompt's tokens first; the one generated
         # token follows at offset >= len(text). One that ignores echo gives only the
         # generated token (count them); llama-cpp-python 0.3 without a BOS token
@@ -444,6 +495,7 @@ class RemoteGeneration:
     n_top: int = 0
     want_logprobs: bool = False
     native: bool = False  # llama-server's /completion, with post-sampling probabilities
+    limit: int | None = None  # -n: enforced here too, for a server that ignores max_tokens
     tokens: list[int] = field(default_factory=list)
     logprobs_missing: bool = False  # asked for, and some text came without them
 
@@ -463,32 +515,57 @@ class RemoteGeneration:
             end = lambda obj: obj.get("stop") is True  # noqa: E731  (no [DONE] there)
         else:
             body["stream_options"] = {"include_usage": True}
-        for obj in self.backend.http.events(self.path, body, end=end):
-            text, found, finished = self._read(obj)
-            if finished:
-                reason = finished
-            if found:
-                for j, e in enumerate(found):
-                    tok = self.backend.vocab.id_for(e.piece, e.id)
-                    released = text if j == len(found) - 1 else ""
-                    self.tokens.append(tok)
-                    yield self._event(index, tok, e.piece, released, self._draw(tok, e))
+        stream = self.backend.http.events(self.path, body, end=end)
+        try:
+            for obj in stream:
+                text, found, finished = self._read(obj)
+                if finished:
+                    reason = finished
+                more = len(found) or (1 if text else 0)  # tokens this object adds
+                if more and self.limit is not None and index + more > self.limit:
+                    # Past -n: a server that ignores max_tokens. Keep what fits, then stop.
+                    if found:  # the kept tokens' own text, not the whole object's
+                        found = found[: self.limit - index]
+                        text = b"".join(e.piece for e in found).decode("utf-8", "replace")
+                    if index < self.limit:
+                        yield from self._events_of(index, text, found)
+                        index = self.limit
+                    self.backend.once(
+                        f"{self.backend.label} sent more than the {self.limit} tokens asked "
+                        "for (-n): stopped reading"
+                    )
+                    reason = "length"
+                    break
+                for event in self._events_of(index, text, found):
                     index += 1
-            elif text:
-                if self.want_logprobs:
-                    self.logprobs_missing = True
-                piece = text.encode("utf-8", errors="surrogatepass")
-                tok = self.backend.vocab.id_for(piece)
-                self.tokens.append(tok)
-                yield self._event(index, tok, piece, text, Draw(tok, UNKNOWN, _EMPTY_I, _EMPTY_F))
-                index += 1
+                    yield event
+        finally:
+            stream.close()  # an early stop closes the connection
         yield self.finish(_reason(reason))
+
+    def _events_of(self, index: int, text: str, found: list) -> Iterator[TokenEvent]:
+        """The TokenEvents of one streamed object's text and token entries."""
+        if any(e.dropped for e in found):
+            self.backend.once(dialects.IMPOSSIBLE)
+        if found:
+            for j, e in enumerate(found):
+                tok = self.backend.vocab.id_for(e.piece, e.id)
+                released = text if j == len(found) - 1 else ""
+                self.tokens.append(tok)
+                yield self._event(index + j, tok, e.piece, released, self._draw(tok, e))
+        elif text:
+            if self.want_logprobs:
+                self.logprobs_missing = True
+            piece = text.encode("utf-8", errors="surrogatepass")
+            tok = self.backend.vocab.id_for(piece)
+            self.tokens.append(tok)
+            yield self._event(index, tok, piece, text, Draw(tok, UNKNOWN, _EMPTY_I, _EMPTY_F))
 
     def _read(self, obj: dict) -> tuple[str, list, str | None]:
         """(text, token entries, finish reason) of one streamed object."""
         timings = obj.get("timings")
-        if isinstance(timings, dict) and dialects.num(timings.get("predicted_per_second")):
-            self._server_tps = float(timings["predicted_per_second"])
+        if isinstance(timings, dict) and dialects.rate(timings.get("predicted_per_second")):
+            self._server_tps = dialects.rate(timings["predicted_per_second"])
         if self.native:
             text = obj.get("content") if isinstance(obj.get("content"), str) else ""
             found = dialects.entries(obj.get("completion_probabilities"), sampled=True)
@@ -505,10 +582,11 @@ class RemoteGeneration:
         if choice is None:
             return "", [], None
         if self.path.endswith("/chat/completions"):
-            delta = choice.get("delta") or {}
-            text = delta.get("content") or ""
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            text = delta.get("content")
         else:
-            text = choice.get("text") or ""
+            text = choice.get("text")
+        text = text if isinstance(text, str) else ""  # a number or a list is no text
         found = dialects.entries(choice.get("logprobs"))
         return text, found, choice.get("finish_reason") or None
 
@@ -547,9 +625,10 @@ class RemoteGeneration:
         t0 = self._t0 or now
         first = self._t_first or now
         usage = self._usage
-        prompt_tokens = usage.get("prompt_tokens")
-        completion = usage.get("completion_tokens")
-        if completion is None and self.want_logprobs and not self.logprobs_missing:
+        prompt_tokens = dialects.count(usage.get("prompt_tokens"))
+        completion = dialects.count(usage.get("completion_tokens"))
+        counted = self.want_logprobs and not self.logprobs_missing
+        if counted and (completion is None or reason == "length" and self.limit is not None):
             completion = self._events  # one event per reported token: an exact count
         timings = RemoteTimings(
             load_s=0.0,  # nothing is loaded here

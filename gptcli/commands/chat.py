@@ -23,6 +23,7 @@ from gptcli.commands.options import (
     SystemOpt,
     TemperatureOpt,
     ThreadsOpt,
+    TimeoutOpt,
     TopKOpt,
     TopPOpt,
     VerboseOpt,
@@ -51,6 +52,7 @@ def chat(
     gpu_layers: GpuLayersOpt = None,
     verbose: VerboseOpt = False,
     server: ServerOpt = None,
+    timeout: TimeoutOpt = None,
     json_schema: JsonSchemaOpt = None,
     output_format: FormatOpt = None,
     grammar: GrammarOpt = None,
@@ -69,7 +71,7 @@ def chat(
     constraint = constraint_from(json_schema, output_format, grammar)
     saved = read_transcript(resume) if resume else None  # bad file: fail before loading
     interactive = sys.stdin is not None and sys.stdin.isatty()
-    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose)
+    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
     try:
         code = backend.run_chat(
             params,

@@ -24,6 +24,7 @@ from gptcli.commands.options import (
     SystemOpt,
     TemperatureOpt,
     ThreadsOpt,
+    TimeoutOpt,
     TopKOpt,
     TopPOpt,
     VerboseOpt,
@@ -80,6 +81,7 @@ def generate(
         typer.Option("--json", help="JSON Lines: one object per token, then a summary."),
     ] = False,
     server: ServerOpt = None,
+    timeout: TimeoutOpt = None,
     json_schema: JsonSchemaOpt = None,
     output_format: FormatOpt = None,
     grammar: GrammarOpt = None,
@@ -122,7 +124,7 @@ def generate(
     if each_line or jobs != 1:
         check_each_line(each_line, jobs, server, probs, json_out)
     text = None if each_line else read_input(prompt)
-    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose)
+    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
     request = Request(text or "", raw, system, params, max_tokens, tuple(stop or ()))
     if constraint is not None:
         from gptcli.backends.base import require

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from gptcli.commands.options import ServerOpt
+from gptcli.commands.options import ServerOpt, TimeoutOpt
 
 
 def pull(
@@ -24,6 +24,7 @@ def pull(
     list_files: Annotated[
         bool, typer.Option("--list", help="Show the repo's GGUF files; download nothing.")
     ] = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Download a GGUF model into the Hugging Face cache, verified (sha256 and header).
 
@@ -40,7 +41,9 @@ def pull(
             "(gptcli list --available shows the names; or owner/repo[:QUANT])"
         )
     if list_files:
-        _print_remote(*hub.list_remote(f"{entry.repo}:{entry.quant}" if entry else ref))
+        _print_remote(
+            *hub.list_remote(f"{entry.repo}:{entry.quant}" if entry else ref, timeout=timeout)
+        )
         return
     if entry is not None and entry.embedded:
         path = models.embedded_model_path()
@@ -49,7 +52,7 @@ def pull(
             typer.echo(str(path))
             return
     hub_ref = entry.ref if entry is not None else parse_ref(ref)
-    pulled = hub.pull(hub_ref, label=entry.name if entry else ref)
+    pulled = hub.pull(hub_ref, label=entry.name if entry else ref, timeout=timeout)
     hub.announce(pulled)
     typer.echo(str(pulled.path))
 
@@ -60,23 +63,24 @@ def list_models(
         typer.Option("--available", help="Show the catalogue of models gptcli can pull by name."),
     ] = False,
     server: ServerOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Local models: the embedded default, pulled models and GPTCLI_MODEL
     (with --server: the server's models)."""
     if server:
-        _print_server_models(server)
+        _print_server_models(server, timeout)
     elif available:
         _print_catalogue()
     else:
         _print_local()
 
 
-def _print_server_models(url: str) -> None:
+def _print_server_models(url: str, timeout: float | None) -> None:
     """`gptcli list --server URL`: the ids of the server's models, one a line."""
     from gptcli.backends.remote import RemoteBackend
     from gptcli.render import notice
 
-    server = RemoteBackend(url)
+    server = RemoteBackend(url, timeout=timeout)
     import sys
 
     from gptcli.terminal import Guard, is_terminal

@@ -107,6 +107,31 @@ ServerOpt = Annotated[
 ]
 
 
+def _check_timeout(value: float | None) -> float | None:
+    import math
+
+    from gptcli.limits import MAX_TIMEOUT_S
+
+    if value is not None and not (0 < value <= MAX_TIMEOUT_S and math.isfinite(value)):
+        raise typer.BadParameter(f"must be more than 0 and at most {MAX_TIMEOUT_S:g} s")
+    return value
+
+
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        metavar="S",
+        envvar="GPTCLI_TIMEOUT",
+        show_envvar=False,
+        callback=_check_timeout,
+        help="Give up on a server or the hub after S seconds: to connect, and of "
+        "silence in the middle of a reply. Default: 10 to connect, 300 of silence "
+        "(the hub: 10); $GPTCLI_TIMEOUT.",
+    ),
+]
+
+
 def sampling_params(
     temperature: float,
     top_k: int,

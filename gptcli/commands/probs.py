@@ -17,6 +17,7 @@ from gptcli.commands.options import (
     ServerOpt,
     SystemOpt,
     ThreadsOpt,
+    TimeoutOpt,
     VerboseOpt,
 )
 
@@ -51,6 +52,7 @@ def next_token(
     gpu_layers: GpuLayersOpt = None,
     verbose: VerboseOpt = False,
     server: ServerOpt = None,
+    timeout: TimeoutOpt = None,
     json_schema: JsonSchemaOpt = None,
     output_format: FormatOpt = None,
     grammar: GrammarOpt = None,
@@ -75,7 +77,7 @@ def next_token(
 
     constraint = constraint_from(json_schema, output_format, grammar)
     text = read_input(prompt, required=prompt is None)
-    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose)
+    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
     if constraint is not None:
         from gptcli.backends.base import require
 
@@ -118,6 +120,7 @@ def score(
     gpu_layers: GpuLayersOpt = None,
     verbose: VerboseOpt = False,
     server: ServerOpt = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """How surprising a text is to the model: each token coloured by its probability
     given all the tokens before it, the least likely ones, perplexity and surprisal."""
@@ -128,7 +131,7 @@ def score(
     if worst < 0:
         raise UsageError(f"--worst must be 0 or more, got {worst}")
     text = read_text(file)
-    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose)
+    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
     result = backend.score(text)
     if json_out:
         from gptcli.render_probs import score_json
