@@ -32,6 +32,10 @@ MAX_REPLY_BYTES = 64 * 1024 * 1024
 # A whole stream, whatever -n says: a server that ignores max_tokens and sends one
 # huge token per event stops here (256 MiB is ~50 million words of text).
 MAX_STREAM_BYTES = 256 * 1024 * 1024
+# Events in a row that carry no text and no token (a role, a usage, a reasoning
+# model's hidden steps): a reasoning trace is thousands; a server that sends only
+# these for ever is stopped here, long before MAX_STREAM_BYTES.
+MAX_EMPTY_EVENTS = 100_000
 # An HTTP error's body: only its first line is shown.
 MAX_ERROR_BYTES = 64 * 1024
 

@@ -487,7 +487,7 @@ class NextChart:
         self.piece = piece
         self._painter = _Painter(shows_colour())
 
-    def step(self, step: int, position: int, dist) -> None:
+    def step(self, step: int, position: int | None, dist) -> None:
         p = self._painter
         temps = dist.temperatures
         single = len(temps) == 1
@@ -496,7 +496,7 @@ class NextChart:
         lines = []
         if step:
             lines.append("")
-        head = f"step {step + 1}: after {position} tokens"
+        head = f"step {step + 1}{_after(position)}"
         width = out_width(self.out)
         room = None if width is None else width - (3 + 2 + w + 2 + 8 + 2)
         if single:
@@ -572,7 +572,7 @@ class NextJsonWriter:
         return [
             {
                 **token_object(c.id, self.piece(c.id)),
-                "logprob": c.logprob,
+                "logprob": _lp(c.logprob),  # a server's floor is log 0: null, as above
                 "probs": list(c.probs),
                 "cumulative": list(c.cumulative),
             }
@@ -602,7 +602,7 @@ class NextMaskedChart:
         w = 14
         t = _fmt_t(dist.temperatures[0])
         lines = [""] if step else []
-        lines.append(p.faint(f"step {step + 1}: after {position} tokens · T={t}"))
+        lines.append(p.faint(f"step {step + 1}{_after(position)} · T={t}"))
         lines.append(
             p.faint(f"{'#':>3}  {_pad('model', w + 18)}  │ {'under the grammar':<{w + 18}}")
         )
@@ -724,3 +724,8 @@ def write_lines_json(
             obj.update(finish_object(r.finish))
         out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
         out.flush()
+
+
+def _after(position: int | None) -> str:
+    """Where a step is; a server that sent no token count leaves it unknown."""
+    return "" if position is None else f": after {position} tokens"

@@ -6,6 +6,7 @@ tests/test_hostile_server.py. Each way is a few lines below, in MODES' order:
 - endless: streams three tokens, then neither more nor an end.
 - trickle: streams three tokens, then only keep-alive comments, for ever.
 - flood: ignores max_tokens: one-word events until the client hangs up.
+- emptyflood: events with no text, until the client hangs up.
 - hugeline: two tokens, then one event line that never ends (20 MiB and counting).
 - badnumbers: log probabilities 5.0, NaN, 1e308, "x", -inf (streamed and not).
 - pastone: alternatives whose probabilities sum to 1.8.
@@ -42,6 +43,10 @@ def _chat_chunk(text: str, entries: list | None = None, finish=None) -> dict:
             {"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": finish}
         ]
     }
+
+
+def _text_chunk(text: str) -> dict:
+    return {"choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}]}
 
 
 def _entry(token: str, logprob, top: list | None = None) -> dict:
@@ -147,9 +152,11 @@ class _Handler(BaseHTTPRequestHandler):
             text = json.loads(json.dumps(body.get("messages")))[-1]["content"]
             w.write(_sse(_chat_chunk(f"reply to {text}", finish="stop")) + b"data: [DONE]\n\n")
             return
-        if mode == "flood":
+        if mode in ("flood", "emptyflood"):
+            text = "w " if mode == "flood" else ""
+            chunk = _sse(_chat_chunk(text) if body.get("messages") else _text_chunk(text))
             for _ in range(10_000_000):
-                w.write(_sse(_chat_chunk("w ")))
+                w.write(chunk)
             return
         if mode == "badnumbers":
             for word, bad in zip(WORDS, BAD, strict=False):

@@ -40,6 +40,10 @@ class ConnectionLost(GptcliError):
     worth sending once more, where sending it twice does no harm (--each-line)."""
 
 
+class NoAnswer(GptcliError):
+    """The server was silent past --timeout."""
+
+
 @dataclass(frozen=True)
 class ServerURL:
     scheme: str
@@ -139,7 +143,7 @@ class HttpClient:
         if isinstance(e, socket.gaierror):
             return GptcliError(f"cannot resolve the server's host in {where} (check --server)")
         if isinstance(e, TimeoutError | socket.timeout):
-            return GptcliError(
+            return NoAnswer(
                 f"the server at {where} sent nothing for {self.silence_s:g} s{during} "
                 "(--timeout S waits longer)"
             )

@@ -21,10 +21,10 @@ import numpy as np
 
 from gptcli.backends import dialects
 from gptcli.backends.base import Backend, Capabilities, NextStep, Request, collect_text, require
-from gptcli.backends.http import ConnectionLost, HttpClient
+from gptcli.backends.http import ConnectionLost, HttpClient, NoAnswer
 from gptcli.errors import GptcliError, UsageError
 from gptcli.generation import Finish, Timings, TokenEvent
-from gptcli.limits import LINE_RETRIES
+from gptcli.limits import LINE_RETRIES, MAX_EMPTY_EVENTS
 from gptcli.sampling import Alternative, Draw
 
 UNKNOWN = float("nan")  # a probability the server did not report
@@ -117,13 +117,18 @@ class RemoteBackend(Backend):
             return self._dialect
 
     def _detect(self) -> dialects.Dialect:
+        # A server that is silent or gone is said at once, not asked a second question.
         try:
             if dialects.is_llama_server_props(self.http.json("GET", "/props")):
                 return dialects.LLAMA_SERVER
+        except (NoAnswer, ConnectionLost):
+            raise
         except GptcliError:
             pass  # no /props: not llama-server
         try:
             return dialects.from_models(self.models())
+        except (NoAnswer, ConnectionLost):
+            raise
         except GptcliError:
             return dialects.GENERIC
 
@@ -324,10 +329,10 @@ class RemoteBackend(Backend):
         reply = self.http.json("POST", path, body)
         choice = dialects.first_choice(reply) or {}
         found = dialects.entries(choice.get("logprobs"))
-        if not found or not found[0].top:
-            raise GptcliError(NO_LOGPROBS.format(what="`next` needs them"))
         if any(e.dropped for e in found[:steps]):
             self.once(dialects.IMPOSSIBLE)
+        if not found or not found[0].top:
+            raise GptcliError(NO_LOGPROBS.format(what="`next` needs them"))
         usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
         n = dialects.count(usage.get("prompt_tokens"))
         notice(NO_ENTROPY.format(k=top))
@@ -516,12 +521,19 @@ class RemoteGeneration:
         else:
             body["stream_options"] = {"include_usage": True}
         stream = self.backend.http.events(self.path, body, end=end)
+        empty = 0
         try:
             for obj in stream:
                 text, found, finished = self._read(obj)
                 if finished:
                     reason = finished
                 more = len(found) or (1 if text else 0)  # tokens this object adds
+                empty = 0 if more else empty + 1
+                if empty > MAX_EMPTY_EVENTS:
+                    raise GptcliError(
+                        f"{self.backend.label} sent {MAX_EMPTY_EVENTS} events in a row with "
+                        "no text: stopped"
+                    )
                 if more and self.limit is not None and index + more > self.limit:
                     # Past -n: a server that ignores max_tokens. Keep what fits, then stop.
                     if found:  # the kept tokens' own text, not the whole object's
