@@ -133,8 +133,10 @@ def _chunk(text: str, logprob: float | None = None, chat: bool = False) -> dict:
     return {"choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": None}]}
 
 
-# The numbers an `/echo/` server reports for its n-th prompt word (after the first).
-ECHO_LOGPROBS = (-1.0, -2.0, -0.5, -3.0, -0.25, -1.5)
+# The numbers an `/echo/` server reports for its n-th prompt word (after the first),
+# each with the best guess " the" at -0.5: together at most probability 1, as a real
+# server's are (more is refused as impossible).
+ECHO_LOGPROBS = (-1.0, -2.0, -1.5, -3.0, -1.25, -2.5)
 
 
 def _echo(prompt: str) -> dict:
@@ -148,7 +150,7 @@ def _echo(prompt: str) -> dict:
         v = None if i == 0 else ECHO_LOGPROBS[(i - 1) % len(ECHO_LOGPROBS)]
         tokens.append(w)
         values.append(v)
-        tops.append(None if i == 0 else {" the": -0.1, w: v})
+        tops.append(None if i == 0 else {" the": -0.5, w: v})
         offsets.append(at)
         at += len(w)
     tokens.append(" x")
