@@ -11,6 +11,8 @@ tests/test_hostile_server.py. Each way is a few lines below, in MODES' order:
 - badnumbers: log probabilities 5.0, NaN, 1e308, "x", -inf (streamed and not).
 - pastone: alternatives whose probabilities sum to 1.8.
 - manytop: 200,000 alternatives for one token.
+- wrongtypes: a finish reason that is a list, a token count that is text, and for
+  `score` a number where a list is due.
 - nousage: a well-behaved stream and reply that carry no token counts.
 - reset: resets the connection of a prompt holding "RESET" the first time it comes,
   of one holding "ALWAYS" every time; answers the others `reply to <prompt>`.
@@ -187,6 +189,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, mode: str, body: dict) -> dict:
         """A non-streamed reply (`next`): one token's log probabilities."""
+        if mode == "wrongtypes":
+            if body.get("echo"):  # score: lists where numbers are due, and the reverse
+                lp = {"tokens": ["a", " b"], "token_logprobs": 5, "text_offset": 7}
+                choice = {"index": 0, "text": "a b", "logprobs": {**lp, "top_logprobs": "x"}}
+                return {"choices": [{**choice, "finish_reason": ["stop"]}]}
+            entries = [_entry(" one", -0.5)]
+            choice = {"index": 0, "text": " one", "finish_reason": ["stop"]}
+            choice["logprobs"] = {"content": entries}
+            return {"choices": [choice], "usage": {"prompt_tokens": "12"}}
         if mode == "badnumbers":
             top = [{"token": f" b{i}", "logprob": bad} for i, bad in enumerate(BAD)]
             top.append({"token": " good", "logprob": -0.5})

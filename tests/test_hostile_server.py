@@ -66,6 +66,8 @@ CASES = [
         "badnumbers", ("generate", "--probs=model", "hi"), 0, "one two three\n", None, "impossible"
     ),
     Case("pastone", ("next", "hi"), 1, "", "no log probabilities", "impossible probabilities"),
+    Case("wrongtypes", ("next", "--steps", "3", "hi"), 0, None, None, "fewer than 10"),
+    Case("wrongtypes", ("score",), 1, "", "no log probabilities", stdin="a b"),
     Case("manytop", ("next", "--top", "3", "hi"), 0, None, None, "only the top 3"),
 ]
 

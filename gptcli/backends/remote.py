@@ -356,7 +356,7 @@ class RemoteBackend(Backend):
                 f"the server returned fewer than {top} candidates at some step (it lists each "
                 "token text once: tokens that decode alike, or more than it allows, are missing)"
             )
-        if len(found) < steps and dialects.REASONS.get(choice.get("finish_reason")) == "stop":
+        if len(found) < steps and _reason(choice.get("finish_reason")) == "stop":
             notice("the most likely next token ends the text: no more steps")
 
     def score(self, text: str):
@@ -379,8 +379,10 @@ class RemoteBackend(Backend):
         lp = choice.get("logprobs") if choice else None
         if not isinstance(lp, dict) or not isinstance(lp.get("tokens"), list):
             raise GptcliError(NO_LOGPROBS.format(what="`score` needs the prompt's"))
-        tokens, values = lp["tokens"], lp.get("token_logprobs") or []
-        offsets = lp.get("text_offset") or []
+        tokens = lp["tokens"]
+        # Lists, or nothing: a server's number or text in their place is no alignment.
+        values = lp.get("token_logprobs") if isinstance(lp.get("token_logprobs"), list) else []
+        offsets = lp.get("text_offset") if isinstance(lp.get("text_offset"), list) else []
         entries = dialects.legacy_entries(lp)
         if any(e.dropped for e in entries):
             self.once(dialects.IMPOSSIBLE)
@@ -435,16 +437,21 @@ class RemoteBackend(Backend):
         require(self, "token_ids", "tokenize locally")
         reply = self.http.json("POST", "/tokenize", {"content": text, "with_pieces": True})
         out = []
-        for t in reply.get("tokens") or []:
-            tid = t.get("id") if isinstance(t, dict) else t
-            if not isinstance(tid, int):
+        tokens = reply.get("tokens")
+        if not isinstance(tokens, list):
+            raise GptcliError(f"{self.label} sent an unexpected /tokenize reply")
+        for t in tokens:
+            tid = dialects.count(t.get("id") if isinstance(t, dict) else t)  # an id is >= 0
+            if tid is None:
                 raise GptcliError(f"{self.label} sent an unexpected /tokenize reply")
             if isinstance(t, dict):
                 piece = t.get("piece")
-                if isinstance(piece, list):
+                if isinstance(piece, list) and all(
+                    isinstance(b, int) and 0 <= b < 256 for b in piece
+                ):
                     self.vocab.id_for(bytes(piece), tid)
                 elif isinstance(piece, str):
-                    self.vocab.id_for(piece.encode("utf-8"), tid)
+                    self.vocab.id_for(piece.encode("utf-8", errors="surrogatepass"), tid)
             out.append(tid)
         return out
 
@@ -658,5 +665,5 @@ def _reason(raw) -> str:
     wrote it, made printable: it reaches --stats and the chat REPL on a terminal."""
     from gptcli.terminal import safe
 
-    text = str(raw) if raw else "stop"
+    text = str(raw)[:100] if raw else "stop"  # a server's word, not a page of it
     return dialects.REASONS.get(text) or safe(text)
