@@ -8,6 +8,7 @@ tests/test_hostile_server.py. Each way is a few lines below, in MODES' order:
 - flood: ignores max_tokens: one-word events until the client hangs up.
 - emptyflood: events with no text, until the client hangs up.
 - hugeline: two tokens, then one event line that never ends (20 MiB and counting).
+- deepjson: two tokens, then an event nested 100,000 deep.
 - badnumbers: log probabilities 5.0, NaN, 1e308, "x", -inf (streamed and not).
 - pastone: alternatives whose probabilities sum to 1.8.
 - manytop: 200,000 alternatives for one token.
@@ -166,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
                 w.write(_sse(_chat_chunk(word, entries)))
             w.write(_sse(_chat_chunk("", finish="stop")) + b"data: [DONE]\n\n")
             return
-        n = 2 if mode == "hugeline" else 3
+        n = 2 if mode in ("hugeline", "deepjson") else 3
         for word in WORDS[:n]:
             w.write(_sse(_chat_chunk(word)))
             w.flush()
@@ -176,6 +177,9 @@ class _Handler(BaseHTTPRequestHandler):
             while not self.server.stopping.wait(0.1):
                 w.write(b": keep-alive\n\n")
                 w.flush()
+            return None
+        if mode == "deepjson":  # within the line limit, beyond Python's recursion limit
+            w.write(b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n\n")
             return None
         if mode == "hugeline":
             w.write(b"data: ")

@@ -53,6 +53,7 @@ CASES = [
     Case("flood", ("generate", "--raw", "-n", "3", "hi"), 0, "w w w \n", None, "(-n): stopped"),
     Case("emptyflood", ("generate", "hi"), 1, "", "events in a row with no text"),
     Case("hugeline", ("generate", "hi"), 1, "one two\n", "a line over 16 MiB"),
+    Case("deepjson", ("generate", "hi"), 1, "one two\n", "a malformed event"),
     Case("slowbody", ("list", *T1), 1, "", "sent nothing for 1 s while replying"),
     Case("bigbody", ("list",), 1, "", "a reply over 64 MiB"),
     Case("nousage", ("generate", "--stats", "hi"), 0, "one two three\n", None, "no token count"),
