@@ -132,11 +132,18 @@ def _repo_dir(repo_id: str) -> Path:
 # --------------------------------------------------------------------------- time
 
 
-_timeout = {"s": HUB_TIMEOUT_S, "installed": False}
+_timeout: dict = {"s": HUB_TIMEOUT_S, "installed": False, "chosen": None}
+
+
+def set_timeout(timeout: float | None) -> None:
+    """The command's --timeout, for a pull that `-m REF` starts later."""
+    _timeout["chosen"] = timeout
 
 
 def hub_timeout(timeout: float | None = None) -> float:
-    """--timeout, else $GPTCLI_TIMEOUT (a pull that -m starts), else the default."""
+    """--timeout, else $GPTCLI_TIMEOUT, else limits.HUB_TIMEOUT_S."""
+    if timeout is None:
+        timeout = _timeout["chosen"]
     if timeout is not None:
         return timeout
     try:
@@ -210,6 +217,11 @@ def _translate(exc: BaseException, what: str) -> GptcliError | None:
                 "and accept the model's licence on its page if it is gated"
             )
         return GptcliError(f"the hub answered HTTP {status} for {what}; try again later")
+    if isinstance(exc, (httpx2.TimeoutException, TimeoutError)):
+        return GptcliError(
+            f"the hub at {endpoint()} sent nothing for {_timeout['s']:g} s (--timeout S "
+            "waits longer; HF_HUB_OFFLINE=1 uses cached models only)"
+        )
     if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return GptcliError(

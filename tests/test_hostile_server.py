@@ -47,6 +47,17 @@ CASES = [
     Case("silent", ("list", *T1), 1, "", "sent nothing for 1 s"),
     Case("silent", ("generate", "--each-line", *T1), 1, "\n", "line 1: ", stdin="a\n", errors=2),
     Case("endless", ("generate", *T1, "hi"), 1, "one two three\n", "in the middle of its reply"),
+    # The chat goes on after a reply that stalls: each message its line, exit 1 at the end.
+    Case(
+        "endless",
+        ("chat", *T1),
+        1,
+        "one two three\n\none two three\n",
+        "in the middle",
+        None,
+        "hi\nagain\n",
+        errors=2,
+    ),
     # Keep-alive comments are not events: they do not keep a stalled reply alive.
     Case("trickle", ("generate", *T1, "hi"), 1, "one two three\n", "sent nothing for 1 s"),
     Case("flood", ("generate", "-n", "5", "hi"), 0, "w w w w w \n", None, "more than the 5 tokens"),
@@ -160,7 +171,17 @@ def test_pull_gives_up_on_a_silent_hub(hostile, tmp_path):
     assert r.returncode == 1
     assert r.stdout == ""
     (line,) = r.stderr.splitlines()
-    assert line.startswith("gptcli: error: cannot reach the hub"), r.stderr
+    assert line.startswith("gptcli: error: the hub at ") and "nothing for 1 s" in line, r.stderr
+
+
+def test_generate_passes_its_timeout_to_a_pull_that_m_starts(hostile, tmp_path):
+    env = clean_env(
+        HF_HUB_OFFLINE="0", HF_ENDPOINT=hostile.url("silent"), HF_HOME=str(tmp_path / "hf")
+    )
+    r = run_gptcli("generate", "--timeout", "1", "-m", "someone/some-model:Q4_0", "hi", env=env)
+    assert r.returncode == 1 and r.stdout == ""
+    last = r.stderr.splitlines()[-1]
+    assert last.startswith("gptcli: error: the hub at ") and "nothing for 1 s" in last, r.stderr
 
 
 def test_timeout_must_be_a_positive_number_of_seconds():

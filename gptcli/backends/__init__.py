@@ -37,4 +37,9 @@ def open_backend(
     from gptcli.backends.local import LocalBackend
     from gptcli.commands.options import load_engine
 
+    if timeout is not None:
+        from gptcli.hub import set_timeout
+
+        set_timeout(timeout)  # `-m owner/repo:QUANT` may pull first
+
     return LocalBackend(load_engine(model, ctx, threads, gpu_layers, verbose))
