@@ -118,6 +118,16 @@ class HttpClient:
             headers["Content-Type"] = "application/json"
         try:
             conn.connect()
+        except TimeoutError:
+            conn.close()
+            raise NoAnswer(
+                f"the server at {u.display} did not accept a connection in {self.connect_s:g} s "
+                "(--timeout S waits longer)"
+            ) from None
+        except BaseException as e:
+            conn.close()
+            raise self._translate(e, path) from None
+        try:
             conn.sock.settimeout(self.silence_s)
             conn.request(method, u.base + path, body=data, headers=headers)
             resp = conn.getresponse()
