@@ -43,6 +43,7 @@ T1 = ("--timeout", "1")
 CASES = [
     Case("silent", ("generate", *T1, "hi"), 1, "", "sent nothing for 1 s"),
     Case("silent", ("next", *T1, "hi"), 1, "", "sent nothing for 1 s"),
+    Case("silent", ("score", *T1), 1, "", "sent nothing for 1 s", stdin="hello there"),
     Case("silent", ("chat", *T1), 1, "", "sent nothing for 1 s", stdin="hello\n"),
     Case("silent", ("list", *T1), 1, "", "sent nothing for 1 s"),
     Case("silent", ("generate", "--each-line", *T1), 1, "\n", "line 1: ", stdin="a\n", errors=2),
