@@ -8,10 +8,19 @@ Nothing here needs a model: the grammar is bound to a vocabulary later
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from gptcli.errors import UsageError
+from gptcli.limits import (
+    MAX_GRAMMAR_BYTES,
+    MAX_GRAMMAR_NESTING,
+    MAX_GRAMMAR_REPEAT,
+    MAX_GRAMMAR_RULES,
+    MAX_SCHEMA_BYTES,
+    MAX_SCHEMA_COUNT,
+)
+from gptcli.untrusted import JsonTooDeep, loads, read_bounded, size_text
 
 # Any JSON value, whitespace as llama.cpp's json.gbnf allows it (bounded, so a model
 # cannot pad forever). Strings hold no raw control characters, so a newline is always
@@ -88,14 +97,15 @@ def from_options(
             raise UsageError(f"--format takes json, got {output_format!r}")
         return Constraint("json", JSON_GBNF)
     if grammar is not None:
-        return Constraint("grammar", _read_text(grammar, "--grammar", "grammar file"))
+        text = _read_text(grammar, "--grammar", "grammar file", MAX_GRAMMAR_BYTES)
+        check_gbnf(text, "--grammar")
+        return Constraint("grammar", text)
     return None
 
 
-def _read_text(path: str, option: str, what: str) -> str:
-    p = Path(path)
+def _read_text(path: str, option: str, what: str, limit: int) -> str:
     try:
-        data = p.read_bytes()
+        data = read_bounded(path, limit)
     except FileNotFoundError:
         raise UsageError(f"{option}: no such file: {path}") from None
     except IsADirectoryError:
@@ -111,15 +121,80 @@ def _read_text(path: str, option: str, what: str) -> str:
     return text
 
 
+# -- grammars: checked before llama.cpp's parser sees them ---------------------------
+# That parser takes x{5,2} as about 2**64 optional copies (memory grows until the kernel
+# steps in), reads a bound above 2000 as no bound at all, and recurses once per nested
+# group and per leftmost rule reference: the bounds in gptcli.limits keep it safe.
+
+_REPEAT = re.compile(r"\{[ \t]*([0-9]+)[ \t]*(?:(,)[ \t]*([0-9]*)[ \t]*)?\}")
+# What the check looks at; comments, literals and character classes are skipped whole
+# (escapes included), so a "(" or "{" inside them is text.
+_GBNF_PARTS = re.compile(r'#[^\n]*|"(?:[^"\\]|\\.)*"?|\[(?:[^\]\\]|\\.)*\]?|[()]|::=|\{[^}]*\}?')
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def check_gbnf(gbnf: str, option: str) -> None:
+    """UsageError naming the first thing in a GBNF grammar that would make llama.cpp's
+    parser exhaust memory or the stack, or silently change its meaning."""
+    if len(gbnf.encode("utf-8", errors="surrogatepass")) > MAX_GRAMMAR_BYTES:
+        raise UsageError(f"{option}: the grammar is larger than {size_text(MAX_GRAMMAR_BYTES)}")
+    depth = rules = 0
+    for part in _GBNF_PARTS.finditer(gbnf):
+        c = part.group(0)[0]
+        if c == "(":
+            depth += 1
+            if depth > MAX_GRAMMAR_NESTING:
+                raise UsageError(
+                    f"{option}: parentheses nest more than {MAX_GRAMMAR_NESTING} deep "
+                    f"(line {_line_of(gbnf, part.start())})"
+                )
+        elif c == ")":
+            depth = max(0, depth - 1)
+        elif c == ":":
+            rules += 1
+            if rules > MAX_GRAMMAR_RULES:
+                raise UsageError(
+                    f"{option}: the grammar defines more than {MAX_GRAMMAR_RULES} rules"
+                )
+        elif c == "{" and (m := _REPEAT.match(gbnf, part.start())):
+            _check_repeat(m, gbnf, option)
+
+
+def _check_repeat(m: re.Match, gbnf: str, option: str) -> None:
+    lo, comma, hi = m.group(1), m.group(2), m.group(3)
+    where = f"{m.group(0)} (line {_line_of(gbnf, m.start())})"
+    for digits in (lo, hi):
+        if digits and (len(digits) > 9 or int(digits) > MAX_GRAMMAR_REPEAT):
+            raise UsageError(
+                f"{option}: repetition {where} is above the limit of {MAX_GRAMMAR_REPEAT} "
+                "(use * or + for no bound)"
+            )
+    if comma and hi and int(hi) < int(lo):
+        raise UsageError(f"{option}: repetition {where} has its minimum above its maximum")
+
+
+# -- JSON Schemas -----------------------------------------------------------------------
+
+
 def load_schema(arg: str) -> object:
     """--json-schema's value: inline JSON (starting with `{`) or a file holding it."""
-    text = arg if arg.lstrip().startswith("{") else _read_text(arg, "--json-schema", "schema")
+    if arg.lstrip().startswith("{"):
+        text = arg
+        if len(arg.encode("utf-8", errors="surrogatepass")) > MAX_SCHEMA_BYTES:
+            raise UsageError(f"--json-schema is larger than {size_text(MAX_SCHEMA_BYTES)}")
+    else:
+        text = _read_text(arg, "--json-schema", "schema", MAX_SCHEMA_BYTES)
     try:
-        schema = json.loads(text)
+        schema = loads(text)
     except json.JSONDecodeError as e:
         raise UsageError(
             f"--json-schema is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
         ) from None
+    except JsonTooDeep as e:
+        raise UsageError(f"--json-schema is {e}") from None
     if not isinstance(schema, dict):
         raise UsageError("--json-schema must be a JSON object (a JSON Schema)")
     return schema
@@ -150,9 +225,93 @@ def unsupported_keywords(schema: object, where: str = "") -> list[str]:
     return found
 
 
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
+_PAIRS = (("minLength", "maxLength", "string"), ("minItems", "maxItems", "array"))
+
+
+def _subschemas(schema: dict, where: str):
+    """(pointer, subschema) for every schema directly inside `schema`."""
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            for name, sub in schema[key].items():
+                yield f"{where}/{key}/{name}", sub
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield f"{where}/{key}", schema[key]
+    for key in ("items", "prefixItems", "anyOf", "oneOf", "allOf"):
+        if isinstance(schema.get(key), list):
+            for i, sub in enumerate(schema[key]):
+                yield f"{where}/{key}/{i}", sub
+
+
+def schema_contradiction(schema: object, where: str = "") -> str | None:
+    """Where a schema asks for what no value can be, or for bounds no grammar can hold
+    (a negative or huge length, minLength above maxLength, an empty enum), in words;
+    None when there is nothing such. Checked before conversion: the converter would
+    otherwise write a grammar that fails (or takes all memory) for reasons the user
+    never wrote."""
+    if not isinstance(schema, dict):
+        return None
+    at = where or "/"
+    for key in _COUNTS:
+        if key in schema:
+            v = schema[key]
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_SCHEMA_COUNT:
+                return (
+                    f"{where}/{key} is {json.dumps(v)}: "
+                    f"it must be a whole number from 0 to {MAX_SCHEMA_COUNT}"
+                )
+    for lo, hi, kind in _PAIRS:
+        if lo in schema and hi in schema and schema[lo] > schema[hi]:
+            return f"{at}: {lo} {schema[lo]} is above {hi} {schema[hi]}, so no {kind} can match"
+    for lo, hi in (("minimum", "maximum"), ("exclusiveMinimum", "exclusiveMaximum")):
+        a, b = schema.get(lo), schema.get(hi)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > b:
+            return f"{at}: {lo} {a} is above {hi} {b}, so no number can match"
+    if "enum" in schema and (not isinstance(schema["enum"], list) or not schema["enum"]):
+        return f"{where}/enum is {json.dumps(schema['enum'])}: an enum needs at least one value"
+    for key in ("anyOf", "oneOf"):
+        if key in schema and (not isinstance(schema[key], list) or not schema[key]):
+            return f"{where}/{key} is {json.dumps(schema[key])}: it needs at least one schema"
+    if schema.get("type") == []:
+        return f"{where}/type is []: no value has no type"
+    required = schema.get("required")
+    if required is not None:
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            return f"{where}/required must be a list of property names"
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        if schema.get("additionalProperties") is False:
+            missing = [r for r in required if r not in props]
+            if missing:
+                return (
+                    f"{at}: {missing[0]!r} is required but is not a property and no "
+                    "additional properties are allowed, so no object can match"
+                )
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        for m in _REPEAT.finditer(pattern):
+            lo, comma, hi = m.group(1), m.group(2), m.group(3)
+            for digits in (lo, hi):
+                if digits and (len(digits) > 9 or int(digits) > MAX_SCHEMA_COUNT):
+                    return (
+                        f"{where}/pattern repeats {m.group(0)}: "
+                        f"above the limit of {MAX_SCHEMA_COUNT}"
+                    )
+            if comma and hi and int(hi) < int(lo):
+                return f"{where}/pattern repeats {m.group(0)}: its minimum is above its maximum"
+    for sub_where, sub in _subschemas(schema, where):
+        found = schema_contradiction(sub, sub_where)
+        if found:
+            return found
+    return None
+
+
 def from_schema(arg: str) -> Constraint:
     """A JSON Schema (inline or a file) as a grammar, via llama-cpp-python's converter."""
     schema = load_schema(arg)
+    contradiction = schema_contradiction(schema)
+    if contradiction:
+        raise UsageError(f"--json-schema: {contradiction}")
     bad = unsupported_keywords(schema)
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
@@ -168,6 +327,7 @@ def from_schema(arg: str) -> Constraint:
     except (AssertionError, ValueError, KeyError, TypeError, IndexError, RecursionError) as e:
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise UsageError(f"--json-schema cannot be converted to a grammar: {reason}") from None
+    check_gbnf(gbnf, "--json-schema (as a grammar)")  # what the limits above leave over
     return Constraint("json-schema", gbnf, schema)
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from gptcli.chat_template import ChatFormat
 from gptcli.engine import ContextFull, Engine
 from gptcli.errors import GptcliError, UsageError
+from gptcli.limits import MAX_TRANSCRIPT_BYTES
 from gptcli.prompting import tokens_for_text
+from gptcli.untrusted import JsonTooDeep, loads, read_bounded
 
 TRANSCRIPT_FORMAT = "gptcli-chat"
 TRANSCRIPT_VERSION = 1
@@ -178,7 +180,7 @@ def read_transcript(path: str | Path) -> tuple[str | None, list[dict]]:
     """Read and validate a transcript: (system prompt, messages)."""
     p = Path(path).expanduser()
     try:
-        raw = p.read_bytes()
+        raw = read_bounded(p, MAX_TRANSCRIPT_BYTES)
     # A file named on the command line is input: missing or unreadable is exit 2, as
     # for score, --grammar, --json-schema and explore --load (models stay exit 1).
     except FileNotFoundError:
@@ -190,9 +192,11 @@ def read_transcript(path: str | Path) -> tuple[str | None, list[dict]]:
         return UsageError(f"{p} is not a gptcli chat transcript: {why}")
 
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"invalid JSON ({e})") from None
+    except JsonTooDeep as e:
+        raise bad(str(e)) from None
     if not isinstance(data, dict) or data.get("format") != TRANSCRIPT_FORMAT:
         raise bad(f'"format" is not "{TRANSCRIPT_FORMAT}"')
     if data.get("version") != TRANSCRIPT_VERSION:

@@ -27,13 +27,17 @@ def probs_at(logits: np.ndarray, temperature: float) -> np.ndarray:
         p = np.zeros(logits.shape[-1], dtype=np.float64)
         p[int(np.argmax(logits))] = 1.0
         return p
-    return np.exp(log_softmax_rows(np.asarray(logits, dtype=np.float64) / temperature))
+    z = np.asarray(logits, dtype=np.float64)
+    # Shift before dividing: at a tiny temperature (1e-320) the largest logit stays 0
+    # and the rest go to -inf (greedy, the limit), never inf - inf.
+    with np.errstate(over="ignore"):
+        return np.exp(log_softmax_rows((z - z.max()) / temperature))
 
 
 def entropy_bits(probs: np.ndarray) -> float:
     """Shannon entropy in bits (0 log 0 = 0)."""
     p = probs[probs > 0]
-    return float(-(p * np.log2(p)).sum())
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: one certain token is 0, not -0
 
 
 def surprisal_bits(logprob: float) -> float:

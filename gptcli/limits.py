@@ -10,6 +10,42 @@ from __future__ import annotations
 
 # -- input: grammars, JSON Schemas, chat and tree files, the command line -----
 
+# A grammar (--grammar, or one converted from --json-schema) is handed to llama.cpp's
+# parser, which takes `x{5,2}` as about 2**64 optional copies (memory grows until the
+# kernel kills us) and silently reads a bound above 2000 as "no bound". Repetition bounds
+# above this are refused; llama.cpp's own ceiling is 2000.
+MAX_GRAMMAR_REPEAT = 2000
+# Bytes of grammar text: llama.cpp's JSON grammar is 1 KB, a converted schema tens of KB.
+MAX_GRAMMAR_BYTES = 4 * 2**20
+# Parentheses inside parentheses: each level is a recursive call in llama.cpp's parser
+# (5,000 levels parse here). llama-cpp-python's schema converter writes maxLength n as
+# n nested groups, so this sits above MAX_SCHEMA_COUNT.
+MAX_GRAMMAR_NESTING = 2100
+# Rule definitions: llama.cpp follows a chain of leftmost rule references recursively
+# (20,000 crash it with a stack overflow; 8,000 take 2.5 s to parse).
+MAX_GRAMMAR_RULES = 4000
+
+# JSON the user hands us (--json-schema, chat transcripts): nesting deeper than this is
+# refused before any recursive code walks it (Python's json raises RecursionError at
+# about 1,000 levels; a schema or a transcript needs a handful).
+MAX_JSON_DEPTH = 100
+# Bytes of a JSON Schema (inline or a file): real schemas are a few KB.
+MAX_SCHEMA_BYTES = 1 * 2**20
+# A number a schema's minLength/maxLength/minItems/maxItems may hold: each becomes a
+# grammar repetition bound, so the grammar's limit applies.
+MAX_SCHEMA_COUNT = MAX_GRAMMAR_REPEAT
+
+# Bytes of a chat transcript (chat --resume, /load): read whole, so bounded first.
+MAX_TRANSCRIPT_BYTES = 64 * 2**20
+# Bytes of text read whole from stdin (a prompt) or read per line (--each-line): more
+# than any context holds (a million tokens is about 4 MB of text).
+MAX_PROMPT_BYTES = 16 * 2**20
+
+# --each-line -j: llama.cpp holds at most 256 sequences in one context (LLAMA_MAX_SEQ)
+# and gptcli keeps one for the prompt part every line shares; with --server it is the
+# number of requests in flight. Never more sequences than lines are made.
+MAX_JOBS = 255
+
 # -- servers: time, size and the numbers they send ---------------------------
 
 # --timeout's defaults. A server that does not accept a connection in 10 s is down

@@ -71,6 +71,8 @@ def _resolve_text(text: str, source: str) -> ModelRef:
         return ModelRef(path=path, source=source, name=path.name)
     if path.is_dir():
         raise GptcliError(f"model path is a directory, not a GGUF file: {text} (from {source})")
+    if path.exists():  # a device, a FIFO, a socket: never opened (a FIFO would block)
+        raise GptcliError(f"model path is not a regular file: {text} (from {source})")
     if "/" not in text:
         from gptcli import catalogue
 

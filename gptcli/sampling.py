@@ -79,7 +79,10 @@ class SamplingParams:
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Probabilities (float64) from logits at a temperature (> 0), computed stably."""
     z = np.asarray(logits, dtype=np.float64)
-    e = np.exp((z - z.max()) / temperature)
+    # A tiny temperature (-t 1e-320) sends every logit but the largest to -inf: the
+    # limit, greedy, is the right answer, so numpy's overflow is not worth a warning.
+    with np.errstate(over="ignore"):
+        e = np.exp((z - z.max()) / temperature)
     return e / e.sum()
 
 
