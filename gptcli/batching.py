@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -283,10 +284,13 @@ def run_lines(
     prompt_for: Callable[[str], list[int]],
     settings: BatchSettings,
 ) -> Iterator[LineResult]:
-    """Every line's LineResult, in input order, `jobs` lines in flight."""
-    batcher = Batcher(engine, jobs, prompt_for, settings)
+    """Every line's LineResult, in input order, `jobs` lines in flight (never more
+    sequences than there are lines: -j 1000 on two lines makes two)."""
+    lines = iter(lines)
+    first = list(itertools.islice(lines, jobs))  # the run fills every slot first anyway
+    batcher = Batcher(engine, max(1, len(first)), prompt_for, settings)
     try:
-        yield from batcher.run(lines)
+        yield from batcher.run(itertools.chain(first, lines))
     finally:
         batcher.close()
 

@@ -18,6 +18,7 @@ from gptcli.distribution import log_softmax_rows, perplexity, surprisal_bits
 from gptcli.engine import Engine
 from gptcli.errors import UsageError
 from gptcli.sampling import NonFiniteLogits
+from gptcli.untrusted import read_bounded
 
 # Working memory per byte of text while scoring (token ids, three float arrays,
 # Python objects for the rendering): a generous estimate, to refuse early.
@@ -51,7 +52,7 @@ def read_text(file: Path | None) -> str:
             size = file.stat().st_size
             if size > limit:
                 too_long(size, limit)
-            data = file.read_bytes()
+            data = read_bounded(file, limit)  # /dev/zero: a size of 0, read for ever
         except FileNotFoundError:
             raise UsageError(f"no such file: {file}") from None
         except IsADirectoryError:

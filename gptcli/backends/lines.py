@@ -8,13 +8,19 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from gptcli.errors import UsageError
+from gptcli.limits import MAX_PROMPT_BYTES
+from gptcli.untrusted import size_text
 
 
 def input_lines(stream=None) -> Iterator[str]:
     """stdin's lines, without their line ends, decoded as UTF-8 one at a time."""
     stream = stream or sys.stdin
-    src = stream.buffer if hasattr(stream, "buffer") else None
-    for n, raw in enumerate(src if src is not None else stream, 1):
+    src = stream.buffer if hasattr(stream, "buffer") else stream
+    n = 0
+    while raw := src.readline(MAX_PROMPT_BYTES + 1):  # a line is read whole: bounded
+        n += 1
+        if len(raw) > MAX_PROMPT_BYTES:
+            raise UsageError(f"stdin line {n} is longer than {size_text(MAX_PROMPT_BYTES)}")
         if isinstance(raw, bytes):
             try:
                 raw = raw.decode("utf-8")
@@ -53,9 +59,7 @@ def ordered(items: Iterable[str], work: Callable[[str], str], jobs: int) -> Iter
                 results[i] = out
                 lock.notify_all()
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(jobs)]
-    for t in threads:
-        t.start()
+    threads: list[threading.Thread] = []  # started as lines come: never more than lines
     ahead = max(2 * jobs, jobs + 1)  # lines read ahead of the one being printed
     nxt = 0
     try:
@@ -69,6 +73,9 @@ def ordered(items: Iterable[str], work: Callable[[str], str], jobs: int) -> Iter
                         break
                     queue.append((state["fed"], item))
                     state["fed"] += 1
+                    if len(threads) < jobs:
+                        threads.append(threading.Thread(target=worker, daemon=True))
+                        threads[-1].start()
                 lock.notify_all()
                 if state["closed"] and nxt >= state["fed"]:
                     return

@@ -99,7 +99,8 @@ def generate(
             "-j",
             "--jobs",
             metavar="N",
-            help="With --each-line: N lines in flight (batched locally, requests with --server).",
+            help="With --each-line: N lines in flight (batched locally, requests with "
+            "--server); at most 255, and never more than there are lines.",
         ),
     ] = 1,
 ) -> None:
@@ -234,11 +235,12 @@ def check_each_line(
     each_line: bool, jobs: int, server: str | None, probs: bool, json_out: bool
 ) -> None:
     from gptcli.errors import UsageError
+    from gptcli.limits import MAX_JOBS
 
     if not each_line:
         raise UsageError("-j needs --each-line")
-    if jobs < 1:
-        raise UsageError(f"-j must be at least 1, got {jobs}")
+    if not 1 <= jobs <= MAX_JOBS:
+        raise UsageError(f"-j must be from 1 to {MAX_JOBS}, got {jobs}")
     if (probs or json_out) and server:
         raise UsageError("--each-line --server prints text only: drop --probs/--json")
 

@@ -187,10 +187,18 @@ def read_input(prompt: str | None, *, required: bool = True) -> str:
     piped = ""
     stdin = sys.stdin
     if stdin is not None and not stdin.isatty():
+        from gptcli.limits import MAX_PROMPT_BYTES
+        from gptcli.untrusted import size_text
+
         try:
-            data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+            if hasattr(stdin, "buffer"):
+                data = stdin.buffer.read(MAX_PROMPT_BYTES + 1)
+            else:
+                data = stdin.read(MAX_PROMPT_BYTES + 1).encode()
         except OSError:
             data = b""
+        if len(data) > MAX_PROMPT_BYTES:  # `< /dev/zero` would fill memory
+            raise UsageError(f"stdin holds more than {size_text(MAX_PROMPT_BYTES)} of text")
         try:
             piped = data.decode("utf-8")
         except UnicodeDecodeError as e:
