@@ -18,7 +18,7 @@ import numpy as np
 
 from gptcli.errors import GptcliError, UsageError
 from gptcli.gguf_check import GGUFHeader, read_header
-from gptcli.resources import check_model_fits
+from gptcli.resources import check_context_fits, check_model_fits
 from gptcli.sampling import top_k_ids
 
 DEFAULT_CTX = 4096
@@ -138,6 +138,7 @@ class Engine:
         if n_ctx < 8:
             raise UsageError(f"--ctx must be at least 8 tokens, got {n_ctx}")
         self.n_threads = options.n_threads or usable_cores()
+        check_context_fits(n_ctx, self.kv_bytes_per_token())
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = min(options.n_batch, n_ctx)
@@ -158,6 +159,15 @@ class Engine:
         self.n_batch = int(cparams.n_batch)
         self._batch = LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1)
         self._init_vocab(llama_cpp, n_gpu, t0)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of f16 keys and values one token takes in the KV cache."""
+        lib, m = _llama(), self._model.model
+        n_head = max(1, int(lib.llama_model_n_head(m)))
+        head_dim = int(lib.llama_model_n_embd(m)) // n_head
+        return (
+            2 * 2 * int(lib.llama_model_n_layer(m)) * int(lib.llama_model_n_head_kv(m)) * head_dim
+        )
 
     def _init_vocab(self, llama_cpp, n_gpu: int, t0: float) -> None:
         """State for tokenizing and detokenizing; all a vocab-only engine has."""
@@ -619,6 +629,7 @@ class BatchedEngine:
         cparams = llama_cpp.llama_context_default_params()
         # Slots never hold more than n_ctx_seq cells beyond the shared prefix.
         cparams.n_ctx = n_seq * self.n_ctx_seq + n_shared
+        check_context_fits(cparams.n_ctx, engine.kv_bytes_per_token())
         cparams.n_batch = engine.n_batch
         cparams.n_ubatch = engine.n_batch
         cparams.n_threads = engine.n_threads

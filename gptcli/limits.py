@@ -45,6 +45,9 @@ MAX_PROMPT_BYTES = 16 * 2**20
 # and gptcli keeps one for the prompt part every line shares; with --server it is the
 # number of requests in flight. Never more sequences than lines are made.
 MAX_JOBS = 255
+# --threads: ggml's thread pool holds at most 512 (GGML_MAX_N_THREADS); 100,000 crashed
+# llama.cpp with a segmentation fault.
+MAX_THREADS = 512
 
 # -- servers: time, size and the numbers they send ---------------------------
 

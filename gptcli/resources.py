@@ -56,3 +56,24 @@ def check_model_fits(path: Path, file_size: int, source: Path = MEMINFO) -> None
             f"({human(available)} free RAM + {human(swap)} free swap); use a smaller "
             f"quantisation, or set {SKIP_ENV}=1 to try anyway"
         )
+
+
+def check_context_fits(n_ctx: int, bytes_per_token: int, source: Path = MEMINFO) -> None:
+    """Raise UsageError when a context's KV cache (f16 keys and values for every token)
+    cannot fit in RAM plus swap: llama.cpp would otherwise try, for a long while, to
+    allocate it (`--ctx 999999999`) before failing."""
+    if os.environ.get(SKIP_ENV):
+        return
+    info = meminfo(source)
+    if not info or "MemAvailable" not in info:
+        return
+    available = info["MemAvailable"] + info.get("SwapFree", 0)
+    need = n_ctx * bytes_per_token
+    if need > available:
+        from gptcli.errors import UsageError
+
+        raise UsageError(
+            f"a context of {n_ctx} tokens needs about {human(need)} for its KV cache, "
+            f"more than the memory available ({human(available)}): lower --ctx or -j "
+            f"(or set {SKIP_ENV}=1 to try anyway)"
+        )

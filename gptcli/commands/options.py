@@ -166,8 +166,10 @@ def load_engine(
 
     if ctx < 0:
         raise UsageError(f"--ctx must be 0 (the model's) or more, got {ctx}")
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
+    from gptcli.limits import MAX_THREADS
+
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise UsageError(f"--threads must be from 1 to {MAX_THREADS}, got {threads}")
     ref = models.resolve(model)
     from gptcli.gguf_check import read_header
     from gptcli.loadcheck import check_first_load
