@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gptcli.errors import GptcliError
+from gptcli.errors import GptcliError, UsageError
 
 MEMINFO = Path("/proc/meminfo")
 SKIP_ENV = "GPTCLI_NO_MEMORY_CHECK"
@@ -70,8 +70,6 @@ def check_context_fits(n_ctx: int, bytes_per_token: int, source: Path = MEMINFO)
     available = info["MemAvailable"] + info.get("SwapFree", 0)
     need = n_ctx * bytes_per_token
     if need > available:
-        from gptcli.errors import UsageError
-
         raise UsageError(
             f"a context of {n_ctx} tokens needs about {human(need)} for its KV cache, "
             f"more than the memory available ({human(available)}): lower --ctx or -j "
