@@ -19,6 +19,7 @@ from gptcli.limits import (
     MAX_GRAMMAR_RULES,
     MAX_SCHEMA_BYTES,
     MAX_SCHEMA_COUNT,
+    MAX_SCHEMA_SPAN,
 )
 from gptcli.untrusted import JsonTooDeep, loads, read_bounded, size_text
 
@@ -264,6 +265,11 @@ def schema_contradiction(schema: object, where: str = "") -> str | None:
     for lo, hi, kind in _PAIRS:
         if lo in schema and hi in schema and schema[lo] > schema[hi]:
             return f"{at}: {lo} {schema[lo]} is above {hi} {schema[hi]}, so no {kind} can match"
+        if hi in schema and schema[hi] - schema.get(lo, 0) > MAX_SCHEMA_SPAN:
+            return (
+                f"{at}: {hi} {schema[hi]} is more than {MAX_SCHEMA_SPAN} above {lo} "
+                f"{schema.get(lo, 0)}: more optional {kind} parts than a grammar can hold"
+            )
     for lo, hi in (("minimum", "maximum"), ("exclusiveMinimum", "exclusiveMaximum")):
         a, b = schema.get(lo), schema.get(hi)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a > b:
@@ -299,6 +305,11 @@ def schema_contradiction(schema: object, where: str = "") -> str | None:
                     )
             if comma and hi and int(hi) < int(lo):
                 return f"{where}/pattern repeats {m.group(0)}: its minimum is above its maximum"
+            if comma and hi and int(hi) - int(lo) > MAX_SCHEMA_SPAN:
+                return (
+                    f"{where}/pattern repeats {m.group(0)}: more than {MAX_SCHEMA_SPAN} "
+                    "optional repetitions"
+                )
     for sub_where, sub in _subschemas(schema, where):
         found = schema_contradiction(sub, sub_where)
         if found:

@@ -34,6 +34,11 @@ MAX_SCHEMA_BYTES = 1 * 2**20
 # A number a schema's minLength/maxLength/minItems/maxItems may hold: each becomes a
 # grammar repetition bound, so the grammar's limit applies.
 MAX_SCHEMA_COUNT = MAX_GRAMMAR_REPEAT
+# maxLength - minLength (maxItems - minItems, n - m in a pattern's {m,n}): the converter
+# writes each optional repetition as one more nested group, and llama.cpp refuses more
+# than about 1,000 of them ("exceeds sane defaults"), a message about a grammar the user
+# never wrote.
+MAX_SCHEMA_SPAN = 1000
 
 # Bytes of a chat transcript (chat --resume, /load): read whole, so bounded first.
 MAX_TRANSCRIPT_BYTES = 64 * 2**20

@@ -138,6 +138,12 @@ SCHEMAS = [  # (id, --json-schema text, what the one error line says)
     ),
     ("huge-length", '{"type":"string","maxLength":100000000}', "/maxLength is 100000000"),
     ("huge-pattern", '{"type":"string","pattern":"a{0,100000000}"}', "/pattern repeats"),
+    (
+        "wide-range",
+        '{"type":"array","items":{"type":"integer"},"maxItems":1001}',
+        "/: maxItems 1001 is more than 1000 above minItems 0",
+    ),
+    ("wide-pattern", '{"type":"string","pattern":"^a{0,1001}$"}', "more than 1000 optional"),
     ("pattern-min-above-max", '{"type":"string","pattern":"a{5,2}"}', "minimum is above"),
     (
         "nested",
@@ -156,7 +162,8 @@ SCHEMAS = [  # (id, --json-schema text, what the one error line says)
 
 @pytest.mark.parametrize("schema,needle", [c[1:] for c in SCHEMAS], ids=[c[0] for c in SCHEMAS])
 def test_hostile_schema_is_refused_naming_its_contradiction(tiny_model, tmp_path, schema, needle):
-    for arg in (schema, None):  # inline, then the same schema in a file
+    # Inline, then the same schema in a file (only a file: argv holds 128 KiB an argument).
+    for arg in (schema, None) if len(schema) < 100_000 else (None,):
         if arg is None:
             (tmp_path / "s.json").write_text(schema)
             arg = str(tmp_path / "s.json")
@@ -171,7 +178,7 @@ def test_hostile_schema_is_refused_naming_its_contradiction(tiny_model, tmp_path
 def test_schemas_and_grammars_at_the_limits_still_run(tiny_model, tmp_path):
     """The bounds refuse only what is beyond them: at the limit, under the same memory
     limit, a schema and a grammar run (exit 0, or 1 when -n cuts the document)."""
-    schema = '{"type":"string","minLength":1,"maxLength":2000}'
+    schema = '{"type":"string","minLength":1000,"maxLength":2000}'
     rc, out, err = run_limited(
         "generate", "-m", str(tiny_model), "-n", "4", "-t", "0", "--json-schema", schema, "x"
     )  # fmt: skip
@@ -224,7 +231,9 @@ def test_load_of_a_deep_transcript_keeps_the_chat_and_its_turns(tiny_model, tmp_
         input=f"keep me\n/load deep.json\nand me\n/save {out}\n", cwd=tmp_path,
     )  # fmt: skip
     assert rc == 2  # the failed command sets the exit code, the chat goes on
-    one_error_line(err, f"nested more than {MAX_JSON_DEPTH} levels deep")
+    errors = [ln for ln in err.splitlines() if "error" in ln or "Traceback" in ln]
+    assert len(errors) == 1 and errors[0].startswith("gptcli: error: "), err
+    assert f"nested more than {MAX_JSON_DEPTH} levels deep" in errors[0]
     users = [m["content"] for m in json.loads(out.read_text())["messages"] if m["role"] == "user"]
     assert users == ["keep me", "and me"]
 
