@@ -268,7 +268,7 @@ def schema_contradiction(schema: object, where: str = "") -> str | None:
         if hi in schema and schema[hi] - schema.get(lo, 0) > MAX_SCHEMA_SPAN:
             return (
                 f"{at}: {hi} {schema[hi]} is more than {MAX_SCHEMA_SPAN} above {lo} "
-                f"{schema.get(lo, 0)}: more optional {kind} parts than a grammar can hold"
+                f"{schema.get(lo, 0)}: more optional {kind} parts than llama.cpp takes"
             )
     for lo, hi in (("minimum", "maximum"), ("exclusiveMinimum", "exclusiveMaximum")):
         a, b = schema.get(lo), schema.get(hi)
