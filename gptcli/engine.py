@@ -630,8 +630,10 @@ class BatchedEngine:
         # Slots never hold more than n_ctx_seq cells beyond the shared prefix.
         cparams.n_ctx = n_seq * self.n_ctx_seq + n_shared
         check_context_fits(cparams.n_ctx, engine.kv_bytes_per_token())
-        cparams.n_batch = engine.n_batch
-        cparams.n_ubatch = engine.n_batch
+        # llama.cpp aborts (GGML_ASSERT n_outputs_max) when a context holds more
+        # sequences than its batch has outputs: --ctx 64 -j 64 did.
+        cparams.n_batch = max(engine.n_batch, n_seq + 1)
+        cparams.n_ubatch = cparams.n_batch
         cparams.n_threads = engine.n_threads
         cparams.n_threads_batch = engine.n_threads
         cparams.n_seq_max = n_seq + 1
