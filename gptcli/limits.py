@@ -50,6 +50,10 @@ MAX_PROMPT_BYTES = 16 * 2**20
 # and gptcli keeps one for the prompt part every line shares; with --server it is the
 # number of requests in flight. Never more sequences than lines are made.
 MAX_JOBS = 255
+# --repeat-penalty: it divides (or multiplies) float32 logits; 1e-320 made them infinite
+# and the distribution NaN, 1e308 overflowed. A penalty of 1e6 already rules a repeated
+# token out; 1e-6 all but forces one.
+REPEAT_PENALTY_RANGE = (1e-6, 1e6)
 # --threads: ggml's thread pool holds at most 512 (GGML_MAX_N_THREADS); 100,000 crashed
 # llama.cpp with a segmentation fault.
 MAX_THREADS = 512

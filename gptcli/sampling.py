@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gptcli.errors import GptcliError, UsageError
+from gptcli.limits import REPEAT_PENALTY_RANGE
 
 
 class NonFiniteLogits(GptcliError):
@@ -64,8 +65,9 @@ class SamplingParams:
             bad(f"top-p must be in (0, 1], got {self.top_p}")
         if not (0 <= self.min_p <= 1):
             bad(f"min-p must be in [0, 1], got {self.min_p}")
-        if not math.isfinite(self.repeat_penalty) or self.repeat_penalty <= 0:
-            bad(f"repeat penalty must be above 0, got {self.repeat_penalty}")
+        lo, hi = REPEAT_PENALTY_RANGE
+        if not (lo <= self.repeat_penalty <= hi):  # NaN fails too
+            bad(f"repeat penalty must be from {lo:g} to {hi:g}, got {self.repeat_penalty}")
         if self.repeat_last_n < 0:
             bad(f"repeat-last-n must be 0 or more, got {self.repeat_last_n}")
         if self.seed is not None and self.seed < 0:
