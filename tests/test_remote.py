@@ -150,7 +150,7 @@ def test_each_line_j_zero_is_a_usage_error(gptcli):
     # -j above 1 runs locally too (batched: tests/test_batching.py); 0 lines in flight is wrong.
     r = gptcli("generate", "--each-line", "-j", "0", input="a\n")
     assert r.returncode == 2
-    assert "-j must be at least 1" in r.stderr and "Traceback" not in r.stderr
+    assert "-j must be from 1 to 255" in r.stderr and "Traceback" not in r.stderr
 
 
 # -- failures ----------------------------------------------------------------------
