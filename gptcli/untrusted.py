@@ -84,11 +84,17 @@ def json_depth(obj: object, limit: int = MAX_JSON_DEPTH) -> int:
 
 def loads(text: str | bytes, limit: int = MAX_JSON_DEPTH) -> object:
     """json.loads, refusing nesting deeper than `limit` with JsonTooDeep (never a
-    RecursionError); JSONDecodeError and UnicodeDecodeError as json.loads raises them."""
+    RecursionError); JSONDecodeError and UnicodeDecodeError as json.loads raises them,
+    and JSONDecodeError for a number too long to convert (a bare ValueError otherwise)."""
     try:
         obj = json.loads(text)
     except RecursionError:
         raise JsonTooDeep(limit) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # a number past Python's 4,300-digit conversion limit
+        doc = text if isinstance(text, str) else ""
+        raise json.JSONDecodeError(f"a number too long to read ({e})", doc, 0) from None
     if json_depth(obj, limit) > limit:
         raise JsonTooDeep(limit)
     return obj

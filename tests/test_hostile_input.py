@@ -156,6 +156,7 @@ SCHEMAS = [  # (id, --json-schema text, what the one error line says)
         "'a' is required but is not a property",
     ),
     ("deep", _DEEP_SCHEMA, f"nested more than {MAX_JSON_DEPTH} levels deep"),
+    ("long-number", '{"type":"string","maxLength":' + "9" * 5000 + "}", "too long"),
     ("many-bytes", _BIG_SCHEMA, "larger than 1 MiB"),
 ]
 
@@ -209,6 +210,8 @@ TRANSCRIPTS = [  # (id, file text, what the one error line says)
         "nested",
     ),
     ("not-utf8", b"\xff\xfe{}", "invalid JSON"),
+    # Python refuses to convert an integer of over 4,300 digits with a bare ValueError
+    ("long-number", '{"format": "gptcli-chat", "version": ' + "9" * 5000 + "}", "too long"),
 ]
 
 
