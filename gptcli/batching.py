@@ -232,16 +232,20 @@ class Batcher:
                 if exhausted:
                     return
                 continue
-            # One decode: generating lines first (one token each), then prompt tokens.
-            room = self.batched.n_batch
-            spans, owners = [], []
-            for seq, ln in sorted(active, key=lambda a: len(a[1].todo)):
-                if room <= 0:
-                    break
-                take = ln.todo[:room]
-                spans.append((seq, ln.pos, take, len(take) == len(ln.todo)))
-                owners.append((seq, ln, len(take)))
-                room -= len(take)
+            # A line's prompt runs in decodes of its own, cut at n_batch as with one slot,
+            # so its cells hold the same values whatever -j is; then one decode of every
+            # generating line's token, in slot order (llama.cpp puts consecutive
+            # sequences of separate KV streams in one ubatch).
+            prompting = [(s, ln) for s, ln in active if len(ln.todo) > 1 or ln.t_prompt is None]
+            if prompting:
+                seq, ln = prompting[0]
+                take = ln.todo[: self.engine.n_batch]
+                spans = [(seq, ln.pos, take, len(take) == len(ln.todo))]
+                owners = [(seq, ln, len(take))]
+            else:
+                ready = active[: self.batched.n_batch]
+                spans = [(seq, ln.pos, ln.todo, True) for seq, ln in ready]
+                owners = [(seq, ln, 1) for seq, ln in ready]
             rows = self.batched.decode(spans)
             for (seq, ln, n), logits in zip(owners, rows, strict=False):
                 ln.pos += n

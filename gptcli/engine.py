@@ -608,10 +608,14 @@ class BatchedEngine:
     """Several sequences in one llama.cpp context, decoded together (`--each-line -j N`).
 
     Sequences 0..n_seq-1 are slots, one line each; sequence n_seq holds the prompt part
-    every line shares, evaluated once. The KV cache is unified, so handing that prefix
-    to a slot (llama_memory_seq_cp) is bookkeeping, not a copy. The context is sized
-    up, not split: every slot may hold n_ctx_seq tokens (the single-sequence context),
-    so a line fits or not whatever the number of slots.
+    every line shares, evaluated once. Each sequence has a KV stream of its own (not a
+    unified cache), so a line's cells lie at the same places, in position order, as
+    with one slot: llama.cpp's attention kernels tile and accumulate over cell indices,
+    and a line interleaved with others in one unified cache rounds differently (greedy
+    lines then part from -j 1). A slot gets the prefix as a copy of the shared stream
+    (llama_memory_seq_cp across streams) and keeps it for the lines that follow. The
+    context is sized up, not split: every slot may hold n_ctx_seq tokens (the
+    single-sequence context), so a line fits or not whatever the number of slots.
     """
 
     def __init__(self, engine: Engine, n_seq: int, n_shared: int = 0):
@@ -626,9 +630,10 @@ class BatchedEngine:
         self.shared_seq = n_seq
         self.shared: list[int] = []
         self.tokens_decoded = 0  # every token llama_decode evaluated: prefix reuse shows here
+        self._held = [0] * n_seq  # shared-prefix tokens each slot's stream holds
         cparams = llama_cpp.llama_context_default_params()
-        # Slots never hold more than n_ctx_seq cells beyond the shared prefix.
-        cparams.n_ctx = n_seq * self.n_ctx_seq + n_shared
+        # One stream of n_ctx_seq cells per slot and one for the shared prefix.
+        cparams.n_ctx = (n_seq + 1) * self.n_ctx_seq
         check_context_fits(cparams.n_ctx, engine.kv_bytes_per_token())
         # llama.cpp aborts (GGML_ASSERT n_outputs_max) when a context holds more
         # sequences than its batch has outputs: --ctx 64 -j 64 did.
@@ -637,7 +642,7 @@ class BatchedEngine:
         cparams.n_threads = engine.n_threads
         cparams.n_threads_batch = engine.n_threads
         cparams.n_seq_max = n_seq + 1
-        cparams.kv_unified = True
+        cparams.kv_unified = False
         try:
             self._ctx = LlamaContext(model=engine._model, params=cparams, verbose=False)
         except (ValueError, RuntimeError):
@@ -654,6 +659,7 @@ class BatchedEngine:
         """Evaluate the prompt part every line starts with, once."""
         self._lib.llama_memory_seq_rm(self._mem, self.shared_seq, -1, -1)
         self.shared = list(tokens[: self.n_ctx_seq])
+        self._held = [0] * self.n_seq  # slots copy the new prefix when they next start
         for start in range(0, len(self.shared), self.n_batch):
             chunk = self.shared[start : start + self.n_batch]
             self.decode([(self.shared_seq, start, chunk, False)])
@@ -661,17 +667,20 @@ class BatchedEngine:
     def start(self, seq: int, tokens: Sequence[int]) -> int:
         """Empty slot `seq` for a new line and give it the shared prefix that `tokens`
         begin with; returns how many tokens it already holds (evaluate the rest)."""
-        self.drop(seq)
         common, limit = 0, min(len(self.shared), len(tokens) - 1)  # the last must run
         while common < limit and self.shared[common] == tokens[common]:
             common += 1
-        if common:
-            self._lib.llama_memory_seq_cp(self._mem, self.shared_seq, seq, 0, common)
+        lib, mem = self._lib, self._mem
+        if common > self._held[seq]:
+            # Across streams llama.cpp copies a whole stream (done at the next decode).
+            lib.llama_memory_seq_cp(mem, self.shared_seq, seq, -1, -1)
+        lib.llama_memory_seq_rm(mem, seq, common, -1)
+        self._held[seq] = common
         return common
 
     def drop(self, seq: int) -> None:
-        """Free a finished sequence's KV cells (the shared prefix stays)."""
-        self._lib.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        """Free a finished sequence's KV cells (the slot keeps its shared prefix)."""
+        self._lib.llama_memory_seq_rm(self._mem, seq, self._held[seq], -1)
 
     def decode(
         self, spans: Sequence[tuple[int, int, Sequence[int], bool]]
