@@ -8,9 +8,10 @@ gptcli side: the scheduler gptcli runs for `generate --raw -t 0 -n TOKENS --each
 lines (about 16 prompt tokens each), greedy, every line `--tokens` long (end of text is
 banned by the prompt shape only, so counts are reported as measured). Native side:
 `llama-batched-bench -npp 32 -ntg TOKENS -npl 1,2,4,...` (prompts evaluated together,
-then TOKENS steps of B tokens), same threads, unified KV cache and flash attention as
-gptcli. Both give summed generated tokens/s; gptcli's include prompt time, native's
-S_TG excludes it and S (all tokens / all time) counts prompt tokens too: both shown.
+then TOKENS steps of B tokens), same threads, a KV stream per sequence (no -kvu) and
+flash attention, as gptcli. Both give summed generated tokens/s; gptcli's include prompt
+time, native's S_TG excludes it and S (all tokens / all time) counts prompt tokens too:
+both shown.
 Also: how many greedy lines differ between -j N and -j 1.
 
 Builds `llama-batched-bench` once into benchmarks/.cache (as native.py builds llama-bench).
@@ -117,7 +118,6 @@ def run_native(binary: Path, model: Path, jobs: list[int], tokens: int, threads:
             str(threads),
             "-fa",
             "on",
-            "-kvu",
             # no repacked (AMX) weight buffers, as gptcli's engine loads: like with like,
             # and they trap with SIGILL on VMs that list AMX without enabling it
             "--no-repack",
@@ -157,9 +157,12 @@ def main() -> None:
             native_rows = run_native(binary, model, a.jobs, a.tokens, threads)
     base_texts = ours[a.jobs[0]][2]
     base_lps = a.lines / ours[a.jobs[0]][0]
+    import os
+
+    print(f"load average {os.getloadavg()[0]:.1f} at the end of the gptcli runs")
     print(
         f"SmolLM2-135M Q4_1, {threads} threads, {a.lines} lines, -n {a.tokens}, greedy; "
-        "native: llama-batched-bench -npp 32, -fa on, -kvu"
+        "native: llama-batched-bench -npp 32, -fa on"
     )
     print(
         f"{'-j':>3}  {'lines/s':>8}  {'vs -j1':>6}  {'gen tok/s':>9}  "

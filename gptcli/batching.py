@@ -17,16 +17,17 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from gptcli.engine import BatchedEngine, ContextFull, Engine
+from gptcli.engine import BatchedEngine, ContextFull, Engine, NativeSampler
 from gptcli.errors import GptcliError
 from gptcli.generation import Finish, Timings, TokenEvent, _held_back
-from gptcli.sampling import Sampler, SamplingParams
+from gptcli.sampling import Sampler, SamplingParams, check_logits
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class _Line:
 
     index: int
     prompt: list[int]
-    sampler: Sampler
+    sampler: Sampler | NativeSampler
     pos: int  # tokens its sequence holds
     todo: list[int]  # tokens still to evaluate
     t0: float
@@ -107,6 +108,8 @@ class Batcher:
         self.prompt_for = prompt_for
         self.settings = settings
         self.stops = [s for s in settings.stops if s]
+        # Only the text wanted: each line's own llama.cpp sampler chain draws, in C.
+        self.native = not (settings.n_top or settings.model_probs or settings.keep_events)
         if seed is None:
             seed = settings.params.seed
         if seed is None:  # no --seed: a random one, still one per line
@@ -138,7 +141,10 @@ class Batcher:
             return LineResult(index, "", error=str(e))
         held = self.batched.start(seq, prompt)
         params = dataclasses.replace(self.settings.params, seed=line_seed(self.seed, index))
-        sampler = Sampler(params, self.engine.n_vocab)
+        if self.native:
+            sampler = NativeSampler(self.engine, params, prompt)
+        else:
+            sampler = Sampler(params, self.engine.n_vocab)
         line_ = _Line(index, prompt, sampler, held, prompt[held:], t0, len(prompt) - held)
         line_.history = list(prompt)  # the repetition penalty looks back into the prompt
         return line_
@@ -157,13 +163,19 @@ class Batcher:
         finish = Finish(reason, len(ln.prompt), ln.generated, timings, text, stop)
         return LineResult(ln.index, "".join(ln.parts), finish, tuple(ln.events))
 
-    def _token(self, ln: _Line, logits: np.ndarray) -> LineResult | None:
-        """Sample the next token of a line; a LineResult when the line is done.
-        Mirrors generation.Generation.__iter__ step for step."""
+    def _token(self, ln: _Line, logits: np.ndarray, span: int) -> LineResult | None:
+        """Sample the next token of a line (`span`: its place in the last decode); a
+        LineResult when the line is done. Mirrors generation.Generation.__iter__."""
         s, engine = self.settings, self.engine
         if ln.t_prompt is None:
             ln.t_prompt = time.perf_counter()
-        draw = ln.sampler.sample(logits, ln.history, n_top=s.n_top, model_probs=s.model_probs)
+        if self.native:
+            tok = self.batched.draw(ln.sampler, span)
+            if not math.isfinite(logits[tok]):  # as Generation: a broken model's NaN
+                check_logits(logits, len(ln.history))
+            draw = NativeSampler.draw_for(tok)
+        else:
+            draw = ln.sampler.sample(logits, ln.history, n_top=s.n_top, model_probs=s.model_probs)
         tok = draw.token
         if engine.is_eog(tok):
             return self._finish(ln, "stop", ln.pending + ln.decoder.decode(b"", final=True))
@@ -247,12 +259,12 @@ class Batcher:
                 spans = [(seq, ln.pos, ln.todo, True) for seq, ln in ready]
                 owners = [(seq, ln, 1) for seq, ln in ready]
             rows = self.batched.decode(spans)
-            for (seq, ln, n), logits in zip(owners, rows, strict=False):
+            for span, ((seq, ln, n), logits) in enumerate(zip(owners, rows, strict=False)):
                 ln.pos += n
                 del ln.todo[:n]
                 if logits is None:
                     continue
-                result = self._token(ln, logits)
+                result = self._token(ln, logits, span)
                 if result is not None:
                     self.batched.drop(seq)
                     slots[seq] = None

@@ -8,6 +8,7 @@ the KV cache so the next call only evaluates what is new.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 from gptcli.errors import GptcliError, UsageError
 from gptcli.gguf_check import GGUFHeader, read_header
 from gptcli.resources import check_context_fits, check_model_fits
-from gptcli.sampling import top_k_ids
+from gptcli.sampling import Draw, top_k_ids
 
 DEFAULT_CTX = 4096
 
@@ -180,6 +181,7 @@ class Engine:
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._logits_view: tuple[int, np.ndarray] | None = None  # (address, array over it)
+        self._one = None  # advance()'s one-token batch, made on first use
         self._piece_buf = ctypes.create_string_buffer(256)
         self._lib = llama_cpp
 
@@ -332,6 +334,30 @@ class Engine:
         self.last_prefill_evaluated = len(tokens) - common
         self._decode(list(tokens[common:]))
         return self.last_logits()
+
+    def advance(self, token: int) -> None:
+        """step() without the logits: for a NativeSampler, which reads them in C. One
+        token through llama_batch_get_one (llama.cpp places it after sequence 0's last
+        position), so the loop costs two ctypes calls per token."""
+        n_past = len(self.tokens)
+        if n_past >= self.n_ctx:
+            raise ContextFull(n_past + 1, self.n_ctx)
+        one = self._one
+        if one is None:
+            arr = (self._lib.llama_token * 1)()
+            one = self._one = (arr, self._lib.llama_batch_get_one(arr, 1))
+        one[0][0] = token
+        rc = self._lib.llama_decode(self._ctx.ctx, one[1])
+        if rc != 0:
+            self.forget_from(n_past)
+            if rc == 1:
+                raise ContextFull(n_past + 1, self.n_ctx)
+            raise GptcliError(f"llama.cpp failed to evaluate the tokens (llama_decode {rc})")
+        self.tokens.append(token)
+
+    def draw(self, sampler: NativeSampler) -> int:
+        """The next token, drawn by llama.cpp's sampler chain from the last logits."""
+        return sampler.sample_from(self._ctx.ctx, -1)
 
     def step(self, token: int) -> np.ndarray:
         """Evaluate one more token and return the logits for the next."""
@@ -706,6 +732,7 @@ class BatchedEngine:
         if rc != 0:
             raise GptcliError(f"llama.cpp failed to evaluate a batch (llama_decode {rc})")
         self.tokens_decoded += n
+        self.last_rows = last  # each span's row in the batch (draw() reads it)
         out: list[np.ndarray | None] = []
         for (_, _, _, want), i in zip(spans, last, strict=True):
             if want:
@@ -714,6 +741,10 @@ class BatchedEngine:
             else:
                 out.append(None)
         return out
+
+    def draw(self, sampler: NativeSampler, span: int) -> int:
+        """The next token of the last decode's span `span`, drawn by llama.cpp's chain."""
+        return sampler.sample_from(self._ctx.ctx, self.last_rows[span])
 
     def close(self) -> None:
         for part in ("_batch", "_ctx"):
@@ -895,3 +926,73 @@ def json_schema_to_gbnf(schema_text: str) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
 
     return convert(schema_text)
+
+
+# -- llama.cpp's own sampler chain: plain generation ----------------------------------
+# When no distribution is shown, the token is drawn in C from the context's own logits
+# buffer: no numpy pass over the vocabulary per token. The chain is sampling.Sampler's
+# order (tests/test_sampler_oracle.py proves the two give the same distributions) and
+# llama-cpp-python's Llama's: penalties, top-k, top-p, min-p, temperature, then greedy
+# or a draw from llama.cpp's own generator (mt19937) seeded with the seed.
+
+_EMPTY_IDS = np.empty(0, dtype=np.int64)
+_EMPTY_PROBS = np.empty(0, dtype=np.float64)
+
+
+def native_seed(seed: int | None) -> int:
+    """The 32-bit seed llama.cpp's dist sampler takes (0xFFFFFFFF would mean random)."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
+    return seed % 0xFFFFFFFF
+
+
+class NativeSampler:
+    """SamplingParams as a llama.cpp sampler chain. `history`: the tokens before the
+    first draw (the repetition penalty looks back into the prompt)."""
+
+    draws_in_llama = True  # generation.Generation: take the fast path
+
+    def __init__(self, engine: Engine, params, history: Sequence[int] = ()):
+        lib = engine._lib
+        self._lib = lib
+        self.params = p = params.validate()
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        self._chain = chain
+        add = lib.llama_sampler_chain_add
+        penalised = p.repeat_penalty != 1.0 and p.repeat_last_n > 0
+        if penalised:
+            n_vocab, last_n = engine.n_vocab, p.repeat_last_n
+            add(chain, lib.llama_sampler_init_penalties(n_vocab, last_n, p.repeat_penalty, 0, 0))
+        if p.temperature == 0.0:
+            add(chain, lib.llama_sampler_init_greedy())  # the argmax: the cuts cannot move it
+        else:
+            if p.top_k > 0:
+                add(chain, lib.llama_sampler_init_top_k(p.top_k))
+            add(chain, lib.llama_sampler_init_top_p(p.top_p, 1))
+            add(chain, lib.llama_sampler_init_min_p(p.min_p, 1))
+            add(chain, lib.llama_sampler_init_temp(p.temperature))
+            add(chain, lib.llama_sampler_init_dist(native_seed(p.seed)))
+        if penalised:
+            for tok in list(history)[-p.repeat_last_n :]:
+                lib.llama_sampler_accept(chain, tok)
+        self._sample = lib.llama_sampler_sample
+
+    def sample_from(self, ctx, idx: int = -1) -> int:
+        """Draw from row `idx` of a context's logits; the chain remembers the token."""
+        return int(self._sample(self._chain, ctx, idx))
+
+    @staticmethod
+    def draw_for(token: int) -> Draw:
+        """The event's Draw: the token, with no distribution (none was computed)."""
+        return Draw(token, math.nan, _EMPTY_IDS, _EMPTY_PROBS)
+
+    def close(self) -> None:
+        chain, self._chain = getattr(self, "_chain", None), None
+        if chain:
+            self._lib.llama_sampler_free(chain)  # frees the samplers it holds
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the library may be gone already
+            pass

@@ -19,7 +19,7 @@ import numpy as np
 
 from gptcli.engine import Engine
 from gptcli.errors import GptcliError
-from gptcli.sampling import Alternative, Draw, Sampler, logsumexp
+from gptcli.sampling import Alternative, Draw, Sampler, check_logits, logsumexp
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,30 @@ class Generation:
         pending = ""
         history = list(self.prompt)
         self._t0 = time.perf_counter()
+        # llama.cpp's chain draws in C when nothing but the token is wanted.
+        native = getattr(sampler, "draws_in_llama", False)
+        if native and (self.grammar is not None or self.n_top or self.model_probs):
+            raise GptcliError("a native sampler draws tokens only: no distribution, no grammar")
         logits = engine.prefill(self.prompt)
         self._evaluated = engine.last_prefill_evaluated
         self._t_prompt = time.perf_counter()
         index = 0
         while True:
-            draw = sampler.sample(logits, history, n_top=self.n_top, model_probs=self.model_probs)
+            if native:
+                tok = engine.draw(sampler)
+                # A NaN or infinite logit wins (greedy) or poisons the draw: checking the
+                # drawn token's catches a broken model without a pass over the vocabulary.
+                # One output per decode: llama.cpp keeps writing it to the same buffer.
+                if index == 0:
+                    logits = engine.last_logits()
+                    check_logits(logits, len(history))
+                elif not math.isfinite(logits[tok]):
+                    check_logits(engine.last_logits(), len(history))
+                draw = sampler.draw_for(tok)
+            else:
+                draw = sampler.sample(
+                    logits, history, n_top=self.n_top, model_probs=self.model_probs
+                )
             forced = None
             if self.grammar is not None:
                 draw, forced = self._constrain(draw, logits, history)
@@ -148,7 +166,10 @@ class Generation:
             if engine.n_past >= engine.n_ctx:
                 yield self.finish("context", pending + decoder.decode(b"", final=True))
                 return
-            logits = engine.step(tok)
+            if native:
+                engine.advance(tok)
+            else:
+                logits = engine.step(tok)
 
     def _constrain(self, draw: Draw, logits, history) -> tuple[Draw | None, Forced | None]:
         """The draw under the grammar: kept when allowed (its distribution renormalised

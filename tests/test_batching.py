@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from gptcli.batching import Batcher, BatchSettings, line_seed, shared_tokens
-from gptcli.engine import Engine, EngineOptions
+from gptcli.engine import Engine, EngineOptions, NativeSampler
 from gptcli.generation import Generation
 from gptcli.prompting import chat_format, chat_prompt, messages_for, raw_prompt
 from gptcli.sampling import Sampler, SamplingParams
@@ -53,10 +53,12 @@ def one_at_a_time(engine, lines, settings, seed, prompt_for=None):
             texts.append("")
             continue
         params = replace(settings.params, seed=line_seed(seed, i))
+        prompt = prompt_for(line)
+        plain = not (settings.n_top or settings.model_probs or settings.keep_events)
         events = Generation(
             engine,
-            prompt_for(line),
-            Sampler(params, engine.n_vocab),
+            prompt,
+            NativeSampler(engine, params, prompt) if plain else Sampler(params, engine.n_vocab),
             settings.max_tokens,
             settings.stops,
         )

@@ -69,16 +69,23 @@ class LocalBackend(Backend):
         return tokens, list(fmt.stops)
 
     def start(self, request: Request):
+        from gptcli.engine import NativeSampler
         from gptcli.generation import Generation
         from gptcli.sampling import Sampler
 
         tokens, stops = self.prompt_tokens(request)
         if not tokens:
             raise UsageError("the prompt tokenizes to nothing")
+        plain = not (request.n_top or request.model_probs or request.sampled_probs)
+        if plain and request.constraint is None:
+            # Only the text is shown: llama.cpp's chain draws, Python stays off the loop.
+            sampler = NativeSampler(self.engine, request.params, tokens)
+        else:
+            sampler = Sampler(request.params, self.engine.n_vocab)
         return Generation(
             self.engine,
             tokens,
-            Sampler(request.params, self.engine.n_vocab),
+            sampler,
             request.max_tokens,
             list(request.stops) + stops,
             n_top=request.n_top,
