@@ -98,6 +98,7 @@ class Generation:
     def __post_init__(self) -> None:
         self._t0 = self._t_prompt = self._t_first = None
         self._evaluated = 0
+        self._top_failed = False  # the last refused draw needed the whole-vocabulary mask
 
     def __iter__(self) -> Iterator[Event]:
         engine, sampler = self.engine, self.sampler
@@ -177,15 +178,20 @@ class Generation:
         the grammar is complete and the model drew something past its end."""
         grammar = self.grammar
         if grammar.allows(draw.token):
+            self._top_failed = False
             return _restricted(draw, grammar.allowed_among(draw.ids)), None
         if grammar.is_complete():
             return None, None
         masked = None
         p = self.sampler.params
-        if p.top_k > 0 and (p.repeat_penalty == 1.0 or not p.repeat_last_n):
+        top_first = p.top_k > 0 and (p.repeat_penalty == 1.0 or not p.repeat_last_n)
+        if top_first and not self._top_failed:
             # A top-k draw only needs the k best allowed tokens: check the best logits first.
             masked = grammar.mask_top(logits, p.top_k)
         if masked is None:
+            # A model that fights the grammar fails that check step after step: skip it
+            # until a draw is allowed again.
+            self._top_failed = top_first
             masked = grammar.mask(logits)
         if not np.isfinite(masked).any():
             raise GptcliError("the grammar allows no token here (the vocabulary cannot spell it)")

@@ -133,7 +133,16 @@ def top_k_ids(
         blocks = logits[: nb * _BLOCK].reshape(nb, _BLOCK)
         m = blocks.max(axis=1, out=maxima)
         bound = np.partition(m, nb - k)[nb - k]
-        cand = np.flatnonzero(np.greater_equal(logits, bound, out=mask))
+        if bound == -math.inf:
+            # Mostly forbidden (a grammar's mask): the finite logits are the candidates;
+            # fewer than k, and the rest are -inf ones by id, as a stable sort puts them.
+            cand = np.flatnonzero(np.greater(logits, bound, out=mask))
+            if len(cand) < k:
+                ranked = cand[np.argsort(-logits[cand], kind="stable")]
+                rest = np.flatnonzero(logits == bound)[: k - len(cand)]
+                return np.concatenate([ranked, rest])
+        else:
+            cand = np.flatnonzero(np.greater_equal(logits, bound, out=mask))
         if len(cand) > 16 * k + 1024:  # a flat distribution (many equal logits): no gain
             cand = None
     if cand is None:

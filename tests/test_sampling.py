@@ -252,3 +252,16 @@ def test_repetition_penalty_changes_the_drawn_distribution(penalty):
 def test_alternatives_and_model_probability_only_when_asked():
     draw = Sampler(SamplingParams(seed=0), 4).sample(np.array([3.0, 1, 0, -1], np.float32))
     assert draw.top == () and draw.model_logprob is None
+
+
+@pytest.mark.parametrize("n_allowed", [0, 5, 39, 40, 41, 300])
+@pytest.mark.parametrize("k", [1, 40])
+def test_top_k_of_a_masked_vocabulary_is_the_stable_sort(n_allowed, k):
+    # A grammar's mask leaves a few finite logits among -inf: the shortcut for that case
+    # must rank exactly as a stable sort of the whole vocabulary (-inf ones by id).
+    rng = np.random.default_rng(n_allowed)
+    logits = np.full(49152, -np.inf, dtype=np.float32)
+    allowed = rng.choice(49152, n_allowed, replace=False)
+    logits[allowed] = rng.integers(-3, 3, n_allowed).astype(np.float32)  # ties too
+    expected = np.argsort(-logits, kind="stable")[:k]
+    assert top_k_ids(logits, k).tolist() == expected.tolist()
