@@ -658,8 +658,9 @@ class BatchedEngine:
         self.tokens_decoded = 0  # every token llama_decode evaluated: prefix reuse shows here
         self._held = [0] * n_seq  # shared-prefix tokens each slot's stream holds
         cparams = llama_cpp.llama_context_default_params()
-        # One stream of n_ctx_seq cells per slot and one for the shared prefix.
-        cparams.n_ctx = (n_seq + 1) * self.n_ctx_seq
+        # One stream of n_ctx_seq cells per slot and one for the shared prefix (llama.cpp
+        # rounds a stream up to 256 cells: counted here, so the memory check sees it).
+        cparams.n_ctx = (n_seq + 1) * -(-self.n_ctx_seq // 256) * 256
         check_context_fits(cparams.n_ctx, engine.kv_bytes_per_token())
         # llama.cpp aborts (GGML_ASSERT n_outputs_max) when a context holds more
         # sequences than its batch has outputs: --ctx 64 -j 64 did.
