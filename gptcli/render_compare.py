@@ -79,10 +79,10 @@ class _KlPainter:
     def paint(self, text: str, bits: float | None) -> str:
         if bits is None:
             return self.faint(text)
+        body = text.rstrip("\n")  # the colour or the number stays on the token's line
         if self.colour:
             before, after = self.bands[kl_band(bits)]
-            return f"{before}{text}{after}"
-        body = text.rstrip("\n")  # the number stays on the token's line
+            return f"{before}{body}{after}{text[len(body) :]}" if body else text
         return f"{body}[{fmt_bits(bits)}]{text[len(body) :]}"
 
     def style(self, text: str, bits: float) -> str:
