@@ -87,6 +87,14 @@ def _distributions(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z - np.log(s), e / s
 
 
+def _shifted(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows less their maximum (z, float64), exp(z), and ln sum exp(z): ln p = z - lse."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return z, e, np.log(e.sum(axis=1))
+
+
 def kl_rows(logits_a: np.ndarray, logits_b: np.ndarray) -> np.ndarray:
     """KL(A‖B) in nats of each row pair: sum over the vocabulary of p_A (ln p_A - ln p_B).
     Equal rows give exactly 0."""
@@ -221,13 +229,6 @@ def summarize(
 # -- the two passes -----------------------------------------------------------------------
 
 
-def vocabulary(engine) -> tuple[list[bytes], list[bool]]:
-    """What makes two vocabularies the same: every token id's bytes and whether it is a
-    control token (not the model's or the tokenizer's name)."""
-    ids = range(engine.n_vocab)
-    return [engine.piece(t) for t in ids], [engine.is_control(t) for t in ids]
-
-
 def _rows(engine, tokens: list[int], passes: list[Pass], progress: Progress | None, label: str):
     """Yield (slot, logits rows) of every scored row, in order, ROWS_AT_ONCE at most."""
     total = sum(p.scored for p in passes)
@@ -301,22 +302,28 @@ def against(
     heap: list[tuple[float, int, Worst]] = []  # the `worst` largest KL so far (a min-heap)
     for slot, block in _rows(engine, tokens, passes, progress, "B"):
         s = slice(slot, slot + len(block))
-        la, pa = _distributions(rows_a[s])
-        lb, _ = _distributions(block)
-        k = np.einsum("ij,ij->i", pa, la - lb)
+        raw_a = rows_a[s]
+        za, ea, lse_a = _shifted(raw_a)
+        zb, _, lse_b = _shifted(block)
+        sa = ea.sum(axis=1)
+        # KL = sum p_A ln p_A - sum p_A ln p_B, each side computed alike: equal rows give 0
+        k = (np.einsum("ij,ij->i", ea, za) / sa - lse_a) - (
+            np.einsum("ij,ij->i", ea, zb) / sa - lse_b
+        )
         r = np.arange(len(block))
         want = ids[where[s]]
-        kl[s], lp_a[s], lp_b[s] = k, la[r, want], lb[r, want]
-        top_a[s], top_b[s] = la.argmax(axis=1), lb.argmax(axis=1)
+        kl[s], lp_a[s], lp_b[s] = k, za[r, want] - lse_a, zb[r, want] - lse_b
+        top_a[s], top_b[s] = raw_a.argmax(axis=1), block.argmax(axis=1)
         if worst <= 0:
             continue
         floor = heap[0][0] if len(heap) >= worst else -math.inf
         for j in np.flatnonzero(k > floor):  # top candidates only where a row enters
+            la, lb = za[j] - lse_a[j], zb[j] - lse_b[j]
             entry = Worst(
                 int(where[slot + j]),
                 float(k[j]),
-                tuple((int(t), float(math.exp(la[j, t]))) for t in top_ids(la[j], TOP)),
-                tuple((int(t), float(math.exp(lb[j, t]))) for t in top_ids(lb[j], TOP)),
+                tuple((int(t), float(math.exp(la[t]))) for t in top_ids(la, TOP)),
+                tuple((int(t), float(math.exp(lb[t]))) for t in top_ids(lb, TOP)),
             )
             item = (float(k[j]), -int(where[slot + j]), entry)  # ties: the earlier first
             if len(heap) < worst:
@@ -357,13 +364,12 @@ def compare_models(
 
     vocab_b = open_b_vocab()
     try:
-        known_b, tokens_b, name_b = vocabulary(vocab_b), raw_prompt(vocab_b, text), vocab_b.name
+        known_b, tokens_b, name_b = vocab_b.vocabulary(), raw_prompt(vocab_b, text), vocab_b.name
     finally:
         vocab_b.close()
     a = open_a(ctx)
     try:
-        pieces, controls = vocabulary(a)
-        if (pieces, controls) != known_b:
+        if a.vocabulary() != known_b:
             raise UsageError(
                 f"{a.name} and {name_b} have different vocabularies "
                 "(token ids mean different text): nothing to compare token by token"
@@ -384,15 +390,27 @@ def compare_models(
         else:
             passes = sliding_passes(len(tokens), window)
         name_a = a.name
+        # The same vocabulary: a token's bytes from A are its bytes in B.
+        pieces = {t: a.piece(t) for t in set(tokens)}
+        controls = {t: a.is_control(t) for t in pieces}
         rows_a = spill(a, tokens, passes, progress)
     finally:
         a.close()
     b = open_b(window)
     try:
         result = against(b, rows_a, tokens, passes, worst, progress)
+        listed = {t for w in result.worst for t, _ in w.top_a + w.top_b}
+        listed |= set(result.top_a.tolist()) | set(result.top_b.tolist())
+        pieces.update({t: b.piece(t) for t in listed - pieces.keys()})
     finally:
         b.close()
         del rows_a  # unmaps A's rows: the temporary file goes with them
     return Compared(
-        result, name_a, name_b, window, bool(ctx), pieces.__getitem__, controls.__getitem__
+        result,
+        name_a,
+        name_b,
+        window,
+        bool(ctx),
+        lambda t: pieces[int(t)],
+        lambda t: controls.get(int(t), False),
     )
