@@ -212,14 +212,17 @@ def test_another_vocabulary_is_refused_in_one_line(gptcli, tiny_model, other_voc
     assert r.stdout == ""
 
 
-def test_a_server_is_refused_through_the_capability_table(gptcli, tiny_model):
-    import socket
+@pytest.mark.parametrize("recorded", ["llama-server-score", "vllm-score", "ollama"])
+def test_a_server_is_refused_through_the_capability_table(gptcli, recorded):
+    from serverfixture import ReplayServer
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    r = gptcli("compare", "a", "b", "--server", f"http://127.0.0.1:{port}", input=TEXT)
+    server = ReplayServer()  # recorded replies of real servers
+    try:
+        r = gptcli("compare", "a", "b", "--server", server.url(recorded), input=TEXT)
+    finally:
+        server.stop()
     assert r.returncode == 2
+    assert r.stderr.count("\n") == 1
     assert "does not give the whole next-token distribution" in r.stderr
     assert "compare needs every token's probability" in r.stderr
 
