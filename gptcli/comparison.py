@@ -78,15 +78,6 @@ def targets(passes: list[Pass]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _distributions(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(log probabilities, probabilities) of rows of logits, in float64, one exp."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    s = e.sum(axis=1, keepdims=True)
-    return z - np.log(s), e / s
-
-
 def _shifted(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows less their maximum (z, float64), exp(z), and ln sum exp(z): ln p = z - lse."""
     z = np.asarray(logits, dtype=np.float64)
@@ -95,12 +86,19 @@ def _shifted(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return z, e, np.log(e.sum(axis=1))
 
 
+def _kl(za, ea, lse_a, zb, lse_b) -> np.ndarray:
+    # sum p_A ln p_A - sum p_A ln p_B, both sides computed alike: equal rows give exactly 0
+    sa = ea.sum(axis=1)
+    return (np.einsum("ij,ij->i", ea, za) / sa - lse_a) - (
+        np.einsum("ij,ij->i", ea, zb) / sa - lse_b
+    )
+
+
 def kl_rows(logits_a: np.ndarray, logits_b: np.ndarray) -> np.ndarray:
-    """KL(A‖B) in nats of each row pair: sum over the vocabulary of p_A (ln p_A - ln p_B).
-    Equal rows give exactly 0."""
-    lp_a, p_a = _distributions(logits_a)
-    lp_b, _ = _distributions(logits_b)
-    return np.einsum("ij,ij->i", p_a, lp_a - lp_b)
+    """KL(A‖B) in nats of each row pair: sum over the vocabulary of p_A (ln p_A - ln p_B)."""
+    za, ea, lse_a = _shifted(logits_a)
+    zb, _, lse_b = _shifted(logits_b)
+    return _kl(za, ea, lse_a, zb, lse_b)
 
 
 def top_ids(logprobs: np.ndarray, k: int) -> np.ndarray:
@@ -305,11 +303,7 @@ def against(
         raw_a = rows_a[s]
         za, ea, lse_a = _shifted(raw_a)
         zb, _, lse_b = _shifted(block)
-        sa = ea.sum(axis=1)
-        # KL = sum p_A ln p_A - sum p_A ln p_B, each side computed alike: equal rows give 0
-        k = (np.einsum("ij,ij->i", ea, za) / sa - lse_a) - (
-            np.einsum("ij,ij->i", ea, zb) / sa - lse_b
-        )
+        k = _kl(za, ea, lse_a, zb, lse_b)
         r = np.arange(len(block))
         want = ids[where[s]]
         kl[s], lp_a[s], lp_b[s] = k, za[r, want] - lse_a, zb[r, want] - lse_b
