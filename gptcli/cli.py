@@ -50,6 +50,7 @@ COMMAND_PANELS: dict[str, dict[str, str]] = {
     "Probabilities": {
         "next": "The next-token distribution after PROMPT, under several temperatures.",
         "score": "How surprising each token of a text is to the model; perplexity.",
+        "compare": "Where two models (or quantizations) disagree on a text, token by token.",
     },
     "Look inside": {
         "inspect": "The model's anatomy: hyperparameters and parameters by matrix.",
@@ -362,6 +363,7 @@ COMMAND_MODULES = (
     "doctor",
     "hub",
     "probs",
+    "compare",
     "anatomy",
     "chat",
     "inside",

@@ -220,6 +220,14 @@ class Engine:
     def is_control(self, token: int) -> bool:
         return bool(self._lib.llama_vocab_is_control(self._vocab, token))
 
+    def vocabulary(self) -> tuple[list[bytes], list[int]]:
+        """Every token's text as the file stores it and its attributes (control,
+        user-defined, ...), by id: what two models must share for their token ids to mean
+        the same text (compare)."""
+        lib, vocab, ids = self._lib, self._vocab, range(self.n_vocab)
+        texts = [lib.llama_vocab_get_text(vocab, t) for t in ids]
+        return texts, [lib.llama_vocab_get_attr(vocab, t) for t in ids]
+
     # -- text <-> tokens ---------------------------------------------------
 
     def tokenize(

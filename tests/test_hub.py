@@ -288,6 +288,7 @@ def test_pull_list_shows_gguf_files_with_quant_and_size(hub, tmp_path):
     assert rows[1][0] == "Tiny-Q6_K-00001-of-00002.gguf (+1 parts)"
     assert all(r[2].endswith("MB") for r in rows)
     assert cache_files(tmp_path) == []  # --list downloads nothing
+    assert f"gptcli compare {TINY}:Q4_K_M {TINY}:Q6_K FILE" in run.stderr  # how to choose
 
 
 def test_split_model_pulls_every_part_and_loads(hub, tmp_path, split_parts):

@@ -162,6 +162,12 @@ def _print_remote(ref, variants, chosen) -> None:
         rows,
         f"{ref.repo_id} has no GGUF model files",
     )
+    if len(variants) > 1:  # choosing among quantizations: measure them on your own text
+        from gptcli.render import notice
+
+        quants = [v.quant for v in variants if v.quant][:2]
+        a, b = (f"{ref.repo_id}:{q}" for q in quants) if len(quants) == 2 else ("A", "B")
+        notice(f"to choose, compare two on your own text: gptcli compare {a} {b} FILE")
 
 
 def _model_row(name: str, paths, size: int) -> list[str]:
