@@ -381,6 +381,35 @@ class Engine:
             ptr = self._lib.llama_get_logits(self._ctx.ctx)
             yield start, np.ctypeslib.as_array(ptr, shape=(len(chunk), self.n_vocab))
 
+    # -- steering: a control vector added to the residual stream -------------
+
+    @property
+    def n_embd(self) -> int:
+        return int(self._lib.llama_model_n_embd(self._model.model))
+
+    @property
+    def n_layer(self) -> int:
+        return int(self._lib.llama_model_n_layer(self._model.model))
+
+    def set_steering(self, data: np.ndarray | None, first: int = 1, last: int = -1) -> None:
+        """Add data[N-1] to the output of layer N for first <= N <= last (-1: the last
+        layer), through llama_set_adapter_cvec; None switches steering off. Capture
+        contexts get the same vector. The KV cache was computed under the old vector,
+        so it is dropped."""
+        if data is None:
+            self._steering = None
+        else:
+            data = np.ascontiguousarray(data, dtype=np.float32)
+            if data.shape != (self.n_layer - 1, self.n_embd):
+                raise GptcliError(f"a steering buffer must be {self.n_layer - 1} x {self.n_embd}")
+            self._steering = (data, first, self.n_layer - 1 if last < 0 else last)
+        _apply_steering(self, self._ctx.ctx)
+        self.forget_from(0)
+
+    @property
+    def steering(self) -> tuple[np.ndarray, int, int] | None:
+        return getattr(self, "_steering", None)
+
     def capture(self, tokens: Sequence[int], wanted, keep=None) -> Captured:
         """Copies of llama.cpp's intermediate tensors for `tokens` (see `_capture`)."""
         return _capture(self, tokens, wanted, keep)
@@ -399,6 +428,20 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _apply_steering(engine: Engine, ctx) -> None:
+    """Give llama.cpp context `ctx` the engine's control vector (or none)."""
+    steering = engine.steering
+    lib = engine._lib
+    if steering is None:
+        rc = lib.llama_set_adapter_cvec(ctx, None, 0, engine.n_embd, -1, -1)
+    else:
+        data, first, last = steering
+        ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        rc = lib.llama_set_adapter_cvec(ctx, ptr, data.size, data.shape[1], first, last)
+    if rc != 0:
+        raise GptcliError("llama.cpp refused the control vector (llama_set_adapter_cvec)")
 
 
 class ContextFull(GptcliError):
@@ -615,6 +658,8 @@ def _capture(self: Engine, tokens: Sequence[int], wanted, keep=None) -> Captured
         raise GptcliError(
             f"llama.cpp could not create a capture context of {n} tokens (out of memory?)"
         ) from None
+    if self.steering is not None:  # what the user steers is what the lens sees
+        _apply_steering(self, side.ctx)
     batch = LlamaBatch(n_tokens=n, embd=0, n_seq_max=1)
     try:
         b = batch.batch
@@ -689,6 +734,8 @@ class BatchedEngine:
         self._batch = LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1)
         self._lib = llama_cpp
         self._mem = self._ctx.memory
+        if engine.steering is not None:
+            _apply_steering(engine, self._ctx.ctx)
 
     def set_shared(self, tokens: Sequence[int]) -> None:
         """Evaluate the prompt part every line starts with, once."""
