@@ -58,6 +58,7 @@ COMMAND_PANELS: dict[str, dict[str, str]] = {
         "embed": "Nearest tokens and analogies in the embedding matrix.",
         "lens": "What each layer's residual stream would predict (the logit lens).",
         "attention": "Where each attention head looks.",
+        "steer": "Control vectors: make, show and sweep directions in the residual stream.",
     },
     "Models": {
         "pull": "Download GGUF weights from the Hugging Face hub, verified.",
@@ -94,6 +95,7 @@ OPTION_PANELS: dict[str, str] = {
     ),
     **dict.fromkeys(("json_schema", "output_format", "grammar"), "Structured output"),
     **dict.fromkeys(("each_line", "jobs"), "Batch"),
+    **dict.fromkeys(("steer", "steer_layers"), "Steering"),
 }
 
 
@@ -368,6 +370,7 @@ COMMAND_MODULES = (
     "chat",
     "inside",
     "explore",
+    "steer",
 )
 
 

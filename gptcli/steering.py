@@ -202,33 +202,6 @@ POSITIONS = ("all", "last")
 METHODS = ("mean", "pca")
 
 
-def read_pairs(positive: Path, negative: Path) -> list[tuple[str, str]]:
-    """Line i of each file is a pair; blank lines skipped and \\n-style escapes read
-    (as llama-cvector-generator reads its prompt files)."""
-    from gptcli.commands.options import unescape
-
-    def lines(path: Path) -> list[str]:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UsageError(f"prompt file not found: {path}") from None
-        except UnicodeDecodeError as e:
-            raise UsageError(f"{path} is not valid UTF-8 (byte {e.start})") from None
-        except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-        return [unescape(line) for line in text.split("\n") if line]
-
-    pos, neg = lines(positive), lines(negative)
-    if len(pos) != len(neg):
-        raise UsageError(
-            f"{positive} has {len(pos)} prompts and {negative} {len(neg)}: line i of each "
-            "makes a pair"
-        )
-    if not pos:
-        raise UsageError(f"{positive} holds no prompt")
-    return list(zip(pos, neg, strict=True))
-
-
 def _l_out(engine, tokens: list[int]) -> dict[int, np.ndarray]:
     cap = engine.capture(tokens, lambda name: name.startswith("l_out-"))
     return {int(name[6:]): arr for name, arr in cap.tensors.items()}

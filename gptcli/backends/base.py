@@ -27,6 +27,7 @@ class Capabilities:
     internals: bool = False  # residual streams and attention (lens, attention, explore)
     grammar: bool = False  # a grammar or JSON-schema constraint on the tokens
     parallel: bool = False  # several generations in flight (--each-line -j N)
+    steering: bool = False  # a control vector added to the residual stream (--steer)
 
 
 CAPABILITY_TEXT = {
@@ -38,6 +39,7 @@ CAPABILITY_TEXT = {
     "internals": "the model's internals (residual stream, attention)",
     "grammar": "grammar-constrained sampling",
     "parallel": "several generations at once",
+    "steering": "control vectors (--steer)",
 }
 assert set(CAPABILITY_TEXT) == {f.name for f in fields(Capabilities)}
 

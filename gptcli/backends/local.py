@@ -22,6 +22,7 @@ LOCAL = Capabilities(
     internals=True,
     grammar=True,  # llama.cpp's grammar sampler (engine.Grammar)
     parallel=True,  # --each-line -j N: several sequences in one context (batching.py)
+    steering=True,  # llama_set_adapter_cvec (engine.set_steering)
 )
 
 

@@ -20,6 +20,8 @@ from gptcli.commands.options import (
     RepeatPenaltyOpt,
     SeedOpt,
     ServerOpt,
+    SteerLayersOpt,
+    SteerOpt,
     StopOpt,
     SystemOpt,
     TemperatureOpt,
@@ -103,6 +105,8 @@ def generate(
             "--server); at most 255, and never more than there are lines.",
         ),
     ] = 1,
+    steer: SteerOpt = None,
+    steer_layers: SteerLayersOpt = None,
 ) -> None:
     """Generate text from PROMPT (and piped stdin), streaming tokens to stdout."""
     from gptcli.backends import open_backend
@@ -126,6 +130,10 @@ def generate(
         check_each_line(each_line, jobs, server, probs, json_out)
     text = None if each_line else read_input(prompt)
     backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
+    if steer or steer_layers:
+        from gptcli.commands.steer import apply_steer
+
+        apply_steer(backend, steer, steer_layers)
     request = Request(text or "", raw, system, params, max_tokens, tuple(stop or ()))
     if constraint is not None:
         from gptcli.backends.base import require

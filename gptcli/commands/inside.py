@@ -12,6 +12,8 @@ from gptcli.commands.options import (
     GpuLayersOpt,
     ModelOpt,
     ServerOpt,
+    SteerLayersOpt,
+    SteerOpt,
     SystemOpt,
     ThreadsOpt,
     VerboseOpt,
@@ -72,13 +74,17 @@ def lens(
     gpu_layers: GpuLayersOpt = None,
     verbose: VerboseOpt = False,
     server: ServerOpt = None,
+    steer: SteerOpt = None,
+    steer_layers: SteerLayersOpt = None,
 ) -> None:
     """What each layer's residual stream would predict (the logit lens).
 
     Each layer's output is put through the model's final norm and unembedding, as if
     the model stopped there. One row per layer for the last position: its top token,
     the probability and rank of the model's final answer, the entropy and the KL
-    divergence to the final distribution. `--positions all` shows the grid."""
+    divergence to the final distribution. `--positions all` shows the grid. With
+    --steer: the unsteered and steered lens side by side, and the layer from which the
+    answer changes."""
     from gptcli import lens as L
     from gptcli.render import notice
     from gptcli.render_inside import lens_grid, lens_json, lens_table
@@ -92,6 +98,11 @@ def lens(
     step, fresh = final_step(engine.header)
     if fresh:
         notice("dequantized the unembedding matrix once; later runs read it from the cache")
+    if steer or steer_layers:
+        from gptcli.commands.steer import lens_steered, steer_engine
+
+        steer_engine(engine, steer, steer_layers)
+        return lens_steered(engine, step, tokens, picked, json_out, steer, steer_layers)
     captured = engine.capture(tokens, L.wanted(mid))
     # The answer at the last position is what generation computes there (the capture
     # pass runs without flash attention: its probabilities differ by up to ~0.01).
@@ -168,6 +179,8 @@ def attention(
     gpu_layers: GpuLayersOpt = None,
     verbose: VerboseOpt = False,
     server: ServerOpt = None,
+    steer: SteerOpt = None,
+    steer_layers: SteerLayersOpt = None,
 ) -> None:
     """Where each attention head looks.
 
@@ -194,6 +207,10 @@ def attention(
         )
     if head is not None and not 0 <= head < n_heads:
         raise UsageError(f"--head must be in 0..{n_heads - 1} ({n_heads} heads), got {head}")
+    if steer or steer_layers:
+        from gptcli.commands.steer import steer_engine
+
+        steer_engine(engine, steer, steer_layers)
     full = stats or (layer is not None) or json_out
     captured = engine.capture(
         tokens,

@@ -105,6 +105,19 @@ ServerOpt = Annotated[
         "Default: $GPTCLI_SERVER.",
     ),
 ]
+SteerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--steer",
+        metavar="FILE[:SCALE]",
+        help="Add a control vector (llama.cpp's GGUF) to the residual stream, times SCALE "
+        "(default 1); repeatable, the vectors add. See `gptcli steer`.",
+    ),
+]
+SteerLayersOpt = Annotated[
+    str | None,
+    typer.Option("--steer-layers", metavar="A-B", help="Steer only layers A to B (inclusive)."),
+]
 
 
 def _check_timeout(value: float | None) -> float | None:

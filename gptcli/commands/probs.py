@@ -15,6 +15,8 @@ from gptcli.commands.options import (
     JsonSchemaOpt,
     ModelOpt,
     ServerOpt,
+    SteerLayersOpt,
+    SteerOpt,
     SystemOpt,
     ThreadsOpt,
     TimeoutOpt,
@@ -56,10 +58,13 @@ def next_token(
     json_schema: JsonSchemaOpt = None,
     output_format: FormatOpt = None,
     grammar: GrammarOpt = None,
+    steer: SteerOpt = None,
+    steer_layers: SteerLayersOpt = None,
 ) -> None:
     """The next-token distribution after PROMPT: the top K with probability,
     log-probability and cumulative mass, and the entropy in bits. Under --json-schema,
-    --format or --grammar: the model's and the masked distribution side by side."""
+    --format or --grammar: the model's and the masked distribution side by side; under
+    --steer: the unsteered and the steered distribution side by side."""
     from gptcli.backends import open_backend
     from gptcli.commands.options import read_input
     from gptcli.distribution import parse_temperatures
@@ -78,6 +83,12 @@ def next_token(
     constraint = constraint_from(json_schema, output_format, grammar)
     text = read_input(prompt, required=prompt is None)
     backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
+    if steer or steer_layers:
+        from gptcli.commands.steer import apply_steer, next_steered
+
+        apply_steer(backend, steer, steer_layers)
+        if constraint is None:
+            return next_steered(backend, text, chat, system, top, steps, temps, json_out, steer)
     if constraint is not None:
         from gptcli.backends.base import require
 
@@ -121,6 +132,8 @@ def score(
     verbose: VerboseOpt = False,
     server: ServerOpt = None,
     timeout: TimeoutOpt = None,
+    steer: SteerOpt = None,
+    steer_layers: SteerLayersOpt = None,
 ) -> None:
     """How surprising a text is to the model: each token coloured by its probability
     given all the tokens before it, the least likely ones, perplexity and surprisal."""
@@ -132,6 +145,10 @@ def score(
         raise UsageError(f"--worst must be 0 or more, got {worst}")
     text = read_text(file)
     backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
+    if steer or steer_layers:
+        from gptcli.commands.steer import apply_steer
+
+        apply_steer(backend, steer, steer_layers)
     result = backend.score(text)
     if json_out:
         from gptcli.render_probs import score_json
