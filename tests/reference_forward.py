@@ -60,7 +60,8 @@ def _rope(x: np.ndarray, base: float) -> np.ndarray:
     return out
 
 
-def forward(path: Path, tokens: list[int]) -> Forward:
+def forward(path: Path, tokens: list[int], add: dict[int, np.ndarray] | None = None) -> Forward:
+    """`add`: a vector added to layer N's output (a control vector), by layer."""
     w, meta = _weights(path)
     n_layers = int(meta["llama.block_count"])
     n_head = int(meta["llama.attention.head_count"])
@@ -96,6 +97,8 @@ def forward(path: Path, tokens: list[int]) -> Forward:
         gate = h @ w[p + "ffn_gate.weight"].T
         up = h @ w[p + "ffn_up.weight"].T
         x = x + (gate / (1 + np.exp(-gate)) * up) @ w[p + "ffn_down.weight"].T
+        if add is not None and i in add:
+            x = x + np.asarray(add[i], dtype=np.float64)
         l_out.append(x.copy())
     norm = w["output_norm.weight"]
     unemb = w.get("output.weight", emb)
