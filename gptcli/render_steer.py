@@ -16,6 +16,7 @@ from typing import TextIO
 import numpy as np
 
 from gptcli.render_probs import fmt_prob, token_label
+from gptcli.terminal import json_safe
 
 Piece = Callable[[int], bytes]
 
@@ -64,12 +65,12 @@ def next_compared_json(step: int, c: Compared, piece: Piece, out: TextIO | None 
         "temperature": c.temperature,
         "entropy_bits": c.entropy_bits,
         "entropy_bits_steered": c.entropy_bits_steered,
-        "candidates": [
+        "top": [
             {**token_object(t, piece(t)), "p": p, "p_steered": q, "change": q - p}
             for t, p, q in zip(c.ids, c.p, c.p_steered, strict=True)
         ],
     }
-    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
     out.flush()
 
 
@@ -151,7 +152,7 @@ def lens_compared_json(plain, steered, piece: Piece, out: TextIO | None = None) 
             for ra, rb in zip(rows_a, rows_b, strict=True)
         ],
     }
-    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
 
 
 def show_vector(vector, out: TextIO | None = None) -> None:

@@ -195,7 +195,7 @@ def test_next_steer_matches_the_float64_pass_with_the_vector_added(
     r = gptcli(*args, *(["--steer-layers", layers] if layers else []), PROMPT)
     assert r.returncode == 0, r.stderr
     [step] = lines(r.stdout)
-    got = {c["id"]: c for c in step["candidates"]}
+    got = {c["id"]: c for c in step["top"]}
     assert len(got) >= 10
     for tid, c in got.items():
         assert c["p_steered"] == pytest.approx(want[tid], abs=0.02), c["token"]
@@ -216,7 +216,7 @@ def test_steer_vectors_add_each_scaled(gptcli, deep_model, random_vector):
     twice = gptcli(*base, "--steer", f"{path}:0.5", "--steer", f"{path}:1", PROMPT)
     once = gptcli(*base, "--steer", f"{path}:1.5", PROMPT)
     assert twice.returncode == 0 and once.returncode == 0
-    a, b = lines(twice.stdout)[0]["candidates"], lines(once.stdout)[0]["candidates"]
+    a, b = lines(twice.stdout)[0]["top"], lines(once.stdout)[0]["top"]
     assert [c["id"] for c in a] == [c["id"] for c in b]
     for x, y in zip(a, b, strict=True):
         assert x["p_steered"] == pytest.approx(y["p_steered"], abs=1e-5)
@@ -324,7 +324,7 @@ def test_sweep_at_scale_zero_is_the_unsteered_greedy_text(happy_vector, gptcli):
 def test_happy_vector_raises_happy_words_on_smollm2(happy_vector, gptcli):
     r = gptcli("next", "--json", "--top", "20", "--steer", f"{happy_vector}:4", "Today I feel")
     assert r.returncode == 0, r.stderr
-    got = {c["token"]: c for c in lines(r.stdout)[0]["candidates"]}
+    got = {c["token"]: c for c in lines(r.stdout)[0]["top"]}
     happy = [t for t in (" excited", " inspired", " happy", " free", " confident") if t in got]
     assert happy and all(got[t]["change"] > 0 for t in happy)
     assert got[" like"]["change"] < -0.05  # the unsteered favourite falls
@@ -368,8 +368,8 @@ def test_llama_server_with_the_file_gives_the_same_top10(scale, happy_vector, sm
         "next", "--json", "--top", "10", "--steer", f"{happy_vector}:{scale}", "Today I feel"
     )
     assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
-    theirs = {c["id"]: c["probs"][0] for c in lines(remote.stdout)[0]["candidates"]}
-    ours = {c["id"]: c["p_steered"] for c in lines(local.stdout)[0]["candidates"]}
+    theirs = {c["id"]: c["probs"][0] for c in lines(remote.stdout)[0]["top"]}
+    ours = {c["id"]: c["p_steered"] for c in lines(local.stdout)[0]["top"]}
     top10 = sorted(theirs, key=theirs.get, reverse=True)[:10]
     for tid in top10:
         assert ours.get(tid, 0.0) == pytest.approx(theirs[tid], abs=0.01), tid
