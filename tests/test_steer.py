@@ -352,7 +352,9 @@ SERVER = llama_server_build.find("llama-server")
 GENERATOR = llama_server_build.find("llama-cvector-generator")
 
 
-@pytest.mark.skipif(SERVER is None, reason="llama-server is not built (tests/llama_server_build.py)")
+@pytest.mark.skipif(
+    SERVER is None, reason="llama-server is not built (tests/llama_server_build.py)"
+)
 @pytest.mark.parametrize("scale", [4.0, -4.0])
 def test_llama_server_with_the_file_gives_the_same_top10(scale, happy_vector, smollm2, gptcli):
     from serverfixture import NativeLlamaServer
