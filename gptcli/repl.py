@@ -42,6 +42,7 @@ prompt, Ctrl-D or /exit ends the chat.
 /seed [N|random]      random seed for the next replies
 /max-tokens [N|off]   longest reply in tokens
 /probs on|off         colour each reply by token probability
+/steer [FILE [SCALE]|off]  add a control vector (vectors add), switch them off, or show
 /stats                tokens, context used, speed of the last reply
 /save FILE            save the conversation as JSON
 /load FILE            replace the conversation with a saved one
@@ -113,6 +114,7 @@ class Repl:
             "stats": self.cmd_stats,
             "save": self.cmd_save,
             "load": self.cmd_load,
+            "steer": self.cmd_steer,
         }
 
     # -- the loop -------------------------------------------------------------
@@ -342,6 +344,13 @@ class Repl:
         text = Guard(is_terminal(out))(text)  # may quote the conversation: model text
         out.write(text if text.endswith("\n") else text + "\n")
         out.flush()
+
+    def cmd_steer(self, arg: str) -> None:
+        if not hasattr(self.engine, "set_steering"):  # a server: no residual stream to add to
+            raise UsageError("/steer needs a local model: a server does not take control vectors")
+        from gptcli.steering import chat_steer
+
+        notice(chat_steer(self.engine, arg))
 
     def cmd_help(self, arg: str) -> None:
         self.info(HELP)

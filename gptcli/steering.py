@@ -283,3 +283,35 @@ def make_vector(
             )
         directions[n] = reduce(stacked, method)
     return ControlVector(directions, engine.n_embd, engine.header.architecture)
+
+
+def chat_steer(engine, arg: str) -> str:
+    """The chat's `/steer FILE [SCALE]` (adds a vector to the current ones), `/steer off`
+    and `/steer` (what is applied); returns the line to show."""
+    current = engine.steering
+    if not arg:
+        if current is None:
+            return "(no control vector)"
+        data, first, last = current
+        norms = np.linalg.norm(data, axis=1)
+        return f"(steering layers {first}-{last}, largest norm {norms.max():.2f})"
+    if arg.lower() == "off":
+        engine.set_steering(None)
+        return "(steering off)"
+    parts = arg.rsplit(None, 1)
+    spec = f"{parts[0]}:{parts[1]}" if len(parts) == 2 and _is_number(parts[1]) else arg
+    [(vector, scale)] = load_specs([spec], engine.n_embd, engine.n_layer, engine.name)
+    data = combine([(vector, scale)], engine.n_embd, engine.n_layer)
+    first, last = 1, engine.n_layer - 1
+    if current is not None:
+        data, first, last = data + current[0], current[1], current[2]
+    engine.set_steering(data, first, last)
+    return f"(steering with {vector.path.name} × {scale:g}; the conversation is re-read under it)"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

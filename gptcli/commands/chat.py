@@ -19,6 +19,8 @@ from gptcli.commands.options import (
     RepeatPenaltyOpt,
     SeedOpt,
     ServerOpt,
+    SteerLayersOpt,
+    SteerOpt,
     StopOpt,
     SystemOpt,
     TemperatureOpt,
@@ -56,6 +58,8 @@ def chat(
     json_schema: JsonSchemaOpt = None,
     output_format: FormatOpt = None,
     grammar: GrammarOpt = None,
+    steer: SteerOpt = None,
+    steer_layers: SteerLayersOpt = None,
 ) -> None:
     """Chat with the model: replies stream as they are generated; /help lists commands.
 
@@ -72,6 +76,10 @@ def chat(
     saved = read_transcript(resume) if resume else None  # bad file: fail before loading
     interactive = sys.stdin is not None and sys.stdin.isatty()
     backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
+    if steer or steer_layers:
+        from gptcli.commands.steer import apply_steer
+
+        apply_steer(backend, steer, steer_layers)
     try:
         code = backend.run_chat(
             params,
