@@ -398,3 +398,56 @@ def test_make_mean_equals_llama_cvector_generator(happy_files, happy_vector, smo
     for n in range(1, 29):
         a, b = ours.directions[n], theirs.directions[n + 1]
         assert np.abs(a - b).max() / np.abs(b).max() < 1e-3, n
+
+
+# -- chat and explore ----------------------------------------------------------------------
+
+
+def test_chat_slash_steer_is_chat_steer_and_off_switches_it_off(happy_vector, gptcli):
+    ask = "Say how you feel today in one sentence.\n"
+    base = ["chat", "-t", "0", "-n", "16", "--threads", "2"]
+    by_option = gptcli(*base, "--steer", f"{happy_vector}:6", input=ask)
+    by_command = gptcli(*base, input=f"/steer {happy_vector} 6\n" + ask)
+    unsteered = gptcli(*base, input=ask)
+    switched_off = gptcli(*base, input=f"/steer {happy_vector} 6\n/steer off\n" + ask)
+    for r in (by_option, by_command, unsteered, switched_off):
+        assert r.returncode == 0, r.stderr
+    assert by_command.stdout == by_option.stdout
+    assert unsteered.stdout != by_option.stdout
+    assert switched_off.stdout == unsteered.stdout
+    assert "steering with happy.gguf × 6" in by_command.stderr
+
+
+def test_explore_keys_rescale_and_switch_off_the_vector(deep_model, random_vector):
+    from test_explore import drive, session_for
+
+    from gptcli.distribution import probs_at
+
+    path, _, _ = random_vector
+    v = S.read_vector(path)
+
+    def probs_under(scale):
+        with Engine(deep_model, EngineOptions(n_ctx=128, n_threads=1)) as e:
+            if scale:
+                e.set_steering(S.combine([(v, scale)], e.n_embd, e.n_layer))
+            return probs_at(e.prefill(e.tokenize(PROMPT, add_bos=False)).astype(float), 1.0)
+
+    with Engine(deep_model, EngineOptions(n_ctx=128, n_threads=1)) as e:
+        e.set_steering(S.combine([(v, 1.0)], e.n_embd, e.n_layer))
+        s = session_for(e, PROMPT)
+        seen = {}
+
+        async def check(app, pilot):
+            for keys, name in (((), "x1"), (("V",), "x1.5"), (("o",), "off"), (("o",), "on")):
+                if keys:
+                    await pilot.press(*keys)
+                    await pilot.pause()
+                seen[name] = (s.view().model_probs.copy(), str(app.render_status()))
+
+        drive(s, check=check)
+    assert "steer ×1.5" in seen["x1.5"][1] and "steer off" in seen["off"][1]
+    np.testing.assert_allclose(seen["x1"][0], probs_under(1.0), atol=1e-4)
+    np.testing.assert_allclose(seen["x1.5"][0], probs_under(1.5), atol=1e-4)
+    np.testing.assert_allclose(seen["off"][0], probs_under(0), atol=1e-4)
+    np.testing.assert_allclose(seen["on"][0], probs_under(1.5), atol=1e-4)
+    assert np.abs(seen["x1.5"][0] - seen["off"][0]).max() > 0.05

@@ -14,6 +14,8 @@ from gptcli.commands.options import (
     CtxOpt,
     GpuLayersOpt,
     ModelOpt,
+    SteerLayersOpt,
+    SteerOpt,
     SystemOpt,
     ThreadsOpt,
     VerboseOpt,
@@ -62,6 +64,8 @@ def explore(
     threads: ThreadsOpt = None,
     gpu_layers: GpuLayersOpt = None,
     verbose: VerboseOpt = False,
+    steer: SteerOpt = None,
+    steer_layers: SteerLayersOpt = None,
 ) -> None:
     """Walk the next-token distribution token by token: see every candidate with its
     probability, take another one, step back, branch, change the temperature and
@@ -90,6 +94,10 @@ def explore(
         raise UsageError(NOT_A_TERMINAL)
 
     engine = load_engine(model, ctx, threads, gpu_layers, verbose)
+    if steer or steer_layers:
+        from gptcli.commands.steer import steer_engine
+
+        steer_engine(engine, steer, steer_layers)
     from gptcli.explorer.session import Session, load_tree, model_id
 
     if load:

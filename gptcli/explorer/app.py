@@ -47,6 +47,7 @@ gptcli explore: walk the next-token distribution one token at a time.
   t / T            lower / raise the temperature
   k K, p P, m M    narrower / wider top-k, top-p, min-p
   f                force a token: type its text
+  v / V / o        with --steer: lower / raise the vector's multiplier, switch it off/on
   [ / ]            previous / next branch;  a click on a token or branch jumps there
   w                save the tree to a file (reopen with --load FILE)
   e                quit and print this branch's text on stdout
@@ -180,6 +181,9 @@ class Explorer(App[str | None]):
         Binding("m", "min_p(1)", "min-p", show=False),
         Binding("M,shift+m", "min_p(-1)", "min-p", show=False),
         Binding("f", "force", "force"),
+        Binding("v", "steer(-0.5)", "steer-", show=False),
+        Binding("V,shift+v", "steer(0.5)", "steer+", show=False),
+        Binding("o", "steer_off", "steer off", show=False),
         Binding("left_square_bracket", "branch(-1)", "branch", show=False),
         Binding("right_square_bracket", "branch(1)", "branch", show=False),
         Binding("w", "save", "save"),
@@ -370,6 +374,8 @@ class Explorer(App[str | None]):
             f"min-p {_t(p.min_p) if p.min_p > 0 else 'off'}",
             f"N {s.steps}",
         ]
+        if s.steer_base is not None:
+            parts.append(f"steer ×{s.steer_scale:g}" if s.steer_scale else "steer off")
         if self._run is not None:
             parts.insert(0, f"running {self._run['taken']}/{self._run['of']}: any key stops")
         return Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")
@@ -487,6 +493,12 @@ class Explorer(App[str | None]):
 
     def _set(self, **change) -> None:
         self._do(self.session.set_params, **change)
+
+    def action_steer(self, delta: float) -> None:
+        self._do(self.session.set_steer_scale, round(self.session.steer_scale + delta, 3))
+
+    def action_steer_off(self) -> None:
+        self._do(self.session.toggle_steering)
 
     def action_temperature(self, direction: int) -> None:
         self._set(temperature=_step(TEMPERATURES, self.session.params.temperature, direction))

@@ -46,6 +46,10 @@ class Session:
         self.last_eval: tuple[int, float] | None = None  # (tokens, seconds) of the last call
         self.evaluations = 0  # model calls so far (tests check that settings cost none)
         self._last_view: tuple | None = None
+        # --steer: the vectors as given (multiplier 1); keys rescale them live
+        self.steer_base = engine.steering
+        self.steer_scale = 1.0 if self.steer_base is not None else 0.0
+        self._steer_off_from = 1.0  # what `o` switches back on
 
     # -- logits --------------------------------------------------------------
 
@@ -76,6 +80,24 @@ class Session:
 
     def is_cached(self, node: int) -> bool:
         return node in self._cache
+
+    # -- steering ----------------------------------------------------------------
+
+    def set_steer_scale(self, scale: float) -> None:
+        """Multiply the --steer vectors by `scale` (0: off). Every node's logits were
+        computed under the old vector, so they are dropped and re-evaluated on view."""
+        if self.steer_base is None:
+            raise UsageError("no control vector to scale: start explore with --steer FILE")
+        data, first, last = self.steer_base
+        if scale == 0 and self.steer_scale:
+            self._steer_off_from = self.steer_scale
+        self.steer_scale = scale
+        self.engine.set_steering(data * scale if scale else None, first, last)
+        self._cache.clear()
+        self._last_view = None
+
+    def toggle_steering(self) -> None:
+        self.set_steer_scale(0.0 if self.steer_scale else self._steer_off_from)
 
     # -- settings ----------------------------------------------------------------
 
