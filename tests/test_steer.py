@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import gguf
 import llama_server_build
@@ -23,18 +24,9 @@ from gptcli import steering as S
 from gptcli.engine import Engine, EngineOptions
 
 PROMPT = "the cat sat on the mat and"
-HAPPY = [
-    "I am so happy and full of joy today.",
-    "What a wonderful, delightful day this is!",
-    "I love my life, everything is great.",
-    "I feel cheerful and excited about the future.",
-]
-SAD = [
-    "I am so sad and full of sorrow today.",
-    "What a terrible, miserable day this is!",
-    "I hate my life, everything is awful.",
-    "I feel gloomy and worried about the future.",
-]
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "steer"
+HAPPY = (EXAMPLES / "happy.txt").read_text().splitlines()
+SAD = (EXAMPLES / "sad.txt").read_text().splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +55,7 @@ def random_vector(deep_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def happy_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pairs")
-    (d / "pos.txt").write_text("\n".join(HAPPY) + "\n")
-    (d / "neg.txt").write_text("\n".join(SAD) + "\n")
-    return d / "pos.txt", d / "neg.txt"
+    return EXAMPLES / "happy.txt", EXAMPLES / "sad.txt"
 
 
 def lines(stdout: str) -> list[dict]:
