@@ -138,12 +138,19 @@ def lens_steered(engine, step, tokens, picked, json_out, specs, layers):
         notice("with --steer the lens compares one position: the last one picked")
     pos = [picked[-1]]
     steering = engine.steering
+
+    def reference() -> dict:
+        # the answer at the last position is what generation computes (as plain lens)
+        return {pos[0]: engine.prefill(tokens).copy()} if pos[0] == len(tokens) - 1 else {}
+
     cap = engine.capture(tokens, L.wanted(False))
-    steered = L.read_lens(step, tokens, cap.tensors, cap.logits, pos)
+    steered = L.read_lens(step, tokens, cap.tensors, cap.logits, pos, reference=reference())
     engine.set_steering(None)
     cap = engine.capture(tokens, L.wanted(False))
     answer = steered.final_ids[pos[0]]
-    plain = L.read_lens(step, tokens, cap.tensors, cap.logits, pos, track=[answer])
+    plain = L.read_lens(
+        step, tokens, cap.tensors, cap.logits, pos, track=[answer], reference=reference()
+    )
     engine.set_steering(*steering)
     if json_out:
         return lens_compared_json(plain, steered, engine.piece)
