@@ -145,10 +145,18 @@ def test_a_vector_that_does_not_fit_is_one_line(kind, message, tmp_path, tiny_mo
     assert message in r.stderr and "Traceback" not in r.stderr
 
 
-def test_a_server_refuses_steer_through_the_capability_table(gptcli, random_vector):
+@pytest.mark.parametrize("command", ["next", "generate", "score"])
+def test_a_server_refuses_steer_through_the_capability_table(command, gptcli, random_vector):
+    from serverfixture import ReplayServer
+
     path, _, _ = random_vector
-    r = gptcli("next", "--server", "http://127.0.0.1:9", "--steer", str(path), "hi")
-    assert r.returncode == 2
+    server = ReplayServer()  # a recorded llama-server
+    try:
+        r = gptcli(command, "--server", server.url("llama-server-next"), "--steer", str(path),
+                   *(["-"] if command == "score" else ["hi"]), input="hi there")  # fmt: skip
+    finally:
+        server.stop()
+    assert r.returncode == 2 and r.stdout == ""
     assert "does not give control vectors (--steer): drop --steer" in r.stderr
 
 
