@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@# GPTCLI_BUILD_LLAMA_SERVER=1: build llama.cpp's llama-server once (about 8 minutes) so the
 	@# tests against it run; otherwise they use a cached build or are skipped.
-	@if [ -n "$(GPTCLI_BUILD_LLAMA_SERVER)" ]; then $(PY) tests/llama_server_build.py; fi
+	@if [ -n "$(GPTCLI_BUILD_LLAMA_SERVER)" ]; then $(PY) tests/support/llama_server_build.py; fi
 	@# Three workers on two cores: most of a test's time is a gptcli process starting up,
 	@# and llama.cpp's threads must not spin while another process waits for the CPU.
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 3 --dist loadfile
@@ -39,7 +39,7 @@ bench: $(STAMP)
 
 # Mutation testing (long; not part of `make test`): mutants of the modules in
 # [tool.mutmut] of pyproject.toml, against the in-process tests listed there.
-# MUTANTS narrows the run, e.g. `make mutate MUTANTS='gptcli.sampling.*'`.
+# MUTANTS narrows the run, e.g. `make mutate MUTANTS='gptcli.sampling.sampler.*'`.
 # OMP_THREAD_LIMIT=1: mutmut forks a child per mutant, and a child forked after
 # llama.cpp started its OpenMP pool waits forever on the pool's lock (a fake timeout).
 MUTANTS ?=

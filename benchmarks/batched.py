@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/batched.py [--lines 240] [--tokens 32] [--jobs 1 2 4 8 16]
 
 gptcli side: the scheduler gptcli runs for `generate --raw -t 0 -n TOKENS --each-line -j N`
-(gptcli.batching.Batcher on the embedded SmolLM2), in process, load excluded, on short
+(gptcli.backends.batching.Batcher on the embedded SmolLM2), in process, load excluded, on short
 lines (about 16 prompt tokens each), greedy, every line `--tokens` long (end of text is
 banned by the prompt shape only, so counts are reported as measured). Native side:
 `llama-batched-bench -npp 32 -ntg TOKENS -npl 1,2,4,...` (prompts evaluated together,
@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import native  # noqa: E402
 
-from gptcli.batching import Batcher, BatchSettings  # noqa: E402
-from gptcli.engine import Engine, EngineOptions, usable_cores  # noqa: E402
-from gptcli.models import embedded_model_path  # noqa: E402
-from gptcli.prompting import raw_prompt  # noqa: E402
-from gptcli.sampling import SamplingParams  # noqa: E402
+from gptcli.backends.batching import Batcher, BatchSettings  # noqa: E402
+from gptcli.llama.engine import Engine, EngineOptions, usable_cores  # noqa: E402
+from gptcli.llama.prompt import raw_prompt  # noqa: E402
+from gptcli.model.resolve import embedded_model_path  # noqa: E402
+from gptcli.sampling.sampler import SamplingParams  # noqa: E402
 
 TARGET = "llama-batched-bench"
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gptcli.conversation import Conversation  # noqa: E402
-from gptcli.engine import Engine, EngineOptions  # noqa: E402
-from gptcli.generation import Finish, Generation  # noqa: E402
-from gptcli.models import embedded_model_path  # noqa: E402
-from gptcli.prompting import chat_format  # noqa: E402
-from gptcli.sampling import Sampler, SamplingParams  # noqa: E402
+from gptcli.backends.generation import Finish, Generation  # noqa: E402
+from gptcli.chat.conversation import Conversation  # noqa: E402
+from gptcli.llama.engine import Engine, EngineOptions  # noqa: E402
+from gptcli.llama.prompt import chat_format  # noqa: E402
+from gptcli.model.resolve import embedded_model_path  # noqa: E402
+from gptcli.sampling.sampler import Sampler, SamplingParams  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",

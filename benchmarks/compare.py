@@ -5,7 +5,7 @@ time of each command in a fresh process, as a user runs them, interleaved
     .venv/bin/python benchmarks/compare.py [--runs 3] [--bytes 6000] [--threads N]
 
 A is the embedded SmolLM2 Q4_1, B a Q8_0 made from it with llama-quantize (built by
-tests/llama_server_build.py; skipped with a message when absent). The text: the
+tests/support/llama_server_build.py; skipped with a message when absent). The text: the
 first --bytes of the project README. Goal: compare <= score(A) + score(B) + 10%.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import llama_server_build  # noqa: E402
+from support import llama_server_build  # noqa: E402
 
-from gptcli.models import embedded_model_path  # noqa: E402
+from gptcli.model.resolve import embedded_model_path  # noqa: E402
 
 
 def timed(args: list[str]) -> float:
@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     quantize = llama_server_build.find("llama-quantize")
     if quantize is None:
-        sys.exit("llama-quantize is not built: python tests/llama_server_build.py")
+        sys.exit("llama-quantize is not built: python tests/support/llama_server_build.py")
     a = embedded_model_path()
     with tempfile.TemporaryDirectory() as tmp:
         b = Path(tmp) / "q8_0.gguf"

@@ -4,7 +4,7 @@ same load (its /metrics: tokens predicted, and its decode tokens/s per slot).
 
     .venv/bin/python benchmarks/each_line.py [--lines 40] [--tokens 24] [--jobs 1 2 4 8]
 
-Uses the llama-server that tests/llama_server_build.py built (builds it when missing,
+Uses the llama-server that tests/support/llama_server_build.py built (builds it when missing,
 about 8 minutes), on the embedded SmolLM2; prints one table on stdout.
 """
 
@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import llama_server_build  # noqa: E402
-from serverfixture import NativeLlamaServer  # noqa: E402
+from support import llama_server_build  # noqa: E402
+from support.serverfixture import NativeLlamaServer  # noqa: E402
 
-from gptcli.models import embedded_model_path  # noqa: E402
+from gptcli.model.resolve import embedded_model_path  # noqa: E402
 
 
 def run(args: list[str], stdin: str | None = None) -> tuple[float, str]:

@@ -20,11 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gptcli.commands.explore import new_tree  # noqa: E402
-from gptcli.engine import Engine, EngineOptions  # noqa: E402
 from gptcli.explorer.app import Explorer  # noqa: E402
 from gptcli.explorer.session import Session, model_id  # noqa: E402
-from gptcli.models import embedded_model_path  # noqa: E402
-from gptcli.sampling import SamplingParams  # noqa: E402
+from gptcli.llama.engine import Engine, EngineOptions  # noqa: E402
+from gptcli.model.resolve import embedded_model_path  # noqa: E402
+from gptcli.sampling.sampler import SamplingParams  # noqa: E402
 
 
 async def measure(session: Session, reps: int) -> dict[str, float]:

@@ -1,5 +1,5 @@
 """Constrained generation where the model fights the grammar: a model with random weights
-(tests/tinymodel.py, SmolLM2's tokenizer) under a grammar of digits (a JSON array of
+(tests/support/tinymodel.py, SmolLM2's tokenizer) under a grammar of digits (a JSON array of
 numbers), so nearly every drawn token is refused; and under --format json, where a
 random model soon opens a string and most draws pass. gptcli's Generation with
 engine.Grammar against llama-cpp-python's own grammar path
@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from tinymodel import read_tokenizer, write_tiny_model  # noqa: E402
+from support.tinymodel import read_tokenizer, write_tiny_model  # noqa: E402
 
-from gptcli.constraints import JSON_GBNF  # noqa: E402
-from gptcli.engine import Engine, EngineOptions, Grammar  # noqa: E402
-from gptcli.generation import Finish, Generation, TokenEvent  # noqa: E402
-from gptcli.models import embedded_model_path  # noqa: E402
-from gptcli.sampling import Sampler, SamplingParams  # noqa: E402
+from gptcli.backends.constraints import JSON_GBNF  # noqa: E402
+from gptcli.backends.generation import Finish, Generation, TokenEvent  # noqa: E402
+from gptcli.llama.engine import Engine, EngineOptions, Grammar  # noqa: E402
+from gptcli.model.resolve import embedded_model_path  # noqa: E402
+from gptcli.sampling.sampler import Sampler, SamplingParams  # noqa: E402
 
 PROMPT = "Write JSON:"
 NUMBERS = 'root ::= "[" ([0-9] ","){400} "0]"\n'  # never complete within --tokens

@@ -44,9 +44,9 @@ def generation_speed(n_tokens: int = 128, rounds: int = 3) -> dict[str, float]:
     """Greedy tokens/s on one engine: before any capture, then after captures."""
     import numpy as np
 
-    from gptcli import lens
-    from gptcli.engine import Engine
-    from gptcli.models import embedded_model_path
+    from gptcli.inside import lens
+    from gptcli.llama.engine import Engine
+    from gptcli.model.resolve import embedded_model_path
 
     engine = Engine(embedded_model_path())
     prompt = engine.tokenize("Once upon a time", add_bos=False)

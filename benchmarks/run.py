@@ -47,7 +47,7 @@ ENV = {**os.environ, "NO_COLOR": "1", "LLM_USER_PATH": str(HERE / ".cache" / "ll
 
 
 def model_path() -> Path:
-    from gptcli.models import embedded_model_path
+    from gptcli.model.resolve import embedded_model_path
 
     path = embedded_model_path()
     if path is None:
@@ -56,7 +56,7 @@ def model_path() -> Path:
 
 
 def default_threads() -> int:
-    from gptcli.engine import usable_cores
+    from gptcli.llama.engine import usable_cores
 
     return usable_cores()
 
@@ -175,7 +175,7 @@ def native_bench(
 
 def pp_prompt_file(model: Path) -> Path:
     """A text of exactly N_PP tokens (no BOS for this model), written once."""
-    from gptcli.engine import Engine, EngineOptions
+    from gptcli.llama.engine import Engine, EngineOptions
 
     sentence = (
         "The quick brown fox jumps over the lazy dog while the scientist writes notes "
@@ -206,8 +206,8 @@ def gptcli_score_pp(model: Path, threads: int, prompt_file: Path) -> float:
     in a fresh process, timed around the scoring (load excluded)."""
     code = f"""
 import time
-from gptcli.engine import Engine, EngineOptions
-from gptcli.scoring import score_tokens
+from gptcli.llama.engine import Engine, EngineOptions
+from gptcli.backends.scoring import score_tokens
 with Engine({str(model)!r}, EngineOptions(n_threads={threads})) as e:
     toks = e.tokenize(open({str(prompt_file)!r}).read())
     t = time.perf_counter(); score_tokens(e, toks); s = time.perf_counter() - t
@@ -251,7 +251,7 @@ def stream_tps(cmd: list[str], count_tokens) -> dict:
 
 
 def token_counter(model: Path):
-    from gptcli.engine import Engine, EngineOptions
+    from gptcli.llama.engine import Engine, EngineOptions
 
     engine = Engine(model, EngineOptions(vocab_only=True))
     return lambda text: len(engine.tokenize(text)) if text else 0
@@ -259,7 +259,7 @@ def token_counter(model: Path):
 
 def kv_cache_bytes(model: Path, n_ctx: int = 4096) -> int:
     """f16 K and V for every layer over the context, from the GGUF header."""
-    from gptcli.gguf_check import read_header
+    from gptcli.model.gguf_check import read_header
 
     md = read_header(model).metadata
     arch = md["general.architecture"]

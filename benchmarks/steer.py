@@ -47,13 +47,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args()
 
-    from gptcli import models
-    from gptcli import steering as S
     from gptcli.backends.base import Request
+    from gptcli.backends.generation import Finish
     from gptcli.backends.local import LocalBackend
-    from gptcli.engine import Engine, EngineOptions
-    from gptcli.generation import Finish
-    from gptcli.sampling import SamplingParams
+    from gptcli.inside import steering as S
+    from gptcli.llama.engine import Engine, EngineOptions
+    from gptcli.model import resolve as models
+    from gptcli.sampling.sampler import SamplingParams
 
     engine = Engine(models.resolve(None).path, EngineOptions(n_ctx=512, n_threads=opts.threads))
     made = {}

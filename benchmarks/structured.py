@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gptcli.constraints import JSON_GBNF, Constraint, from_schema  # noqa: E402
-from gptcli.engine import Engine, EngineOptions  # noqa: E402
-from gptcli.generation import Finish, Generation, TokenEvent  # noqa: E402
-from gptcli.models import embedded_model_path  # noqa: E402
-from gptcli.sampling import Sampler, SamplingParams  # noqa: E402
+from gptcli.backends.constraints import JSON_GBNF, Constraint, from_schema  # noqa: E402
+from gptcli.backends.generation import Finish, Generation, TokenEvent  # noqa: E402
+from gptcli.llama.engine import Engine, EngineOptions  # noqa: E402
+from gptcli.model.resolve import embedded_model_path  # noqa: E402
+from gptcli.sampling.sampler import Sampler, SamplingParams  # noqa: E402
 
 LONG = {
     "type": "object",

@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gptcli.engine import Engine, EngineOptions, NativeSampler  # noqa: E402
-from gptcli.generation import Generation, TokenEvent  # noqa: E402
-from gptcli.models import embedded_model_path  # noqa: E402
-from gptcli.render import TextRenderer  # noqa: E402
-from gptcli.render_probs import JsonRenderer, ProbsRenderer  # noqa: E402
-from gptcli.sampling import Sampler, SamplingParams  # noqa: E402
+from gptcli.backends.generation import Generation, TokenEvent  # noqa: E402
+from gptcli.llama.engine import Engine, EngineOptions, NativeSampler  # noqa: E402
+from gptcli.model.resolve import embedded_model_path  # noqa: E402
+from gptcli.render.stream import TextRenderer  # noqa: E402
+from gptcli.render.tokens import JsonRenderer, ProbsRenderer  # noqa: E402
+from gptcli.sampling.sampler import Sampler, SamplingParams  # noqa: E402
 
 
 def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> dict[str, float]:

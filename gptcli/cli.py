@@ -20,7 +20,7 @@ from gptcli.errors import ExitCode, GptcliError, Terminated
 
 
 def _error_line(message: str) -> None:
-    from gptcli.render import print_error
+    from gptcli.render.stream import print_error
 
     print_error(message)
 
@@ -120,7 +120,7 @@ def _lay_out(command) -> None:
 
 # Commands that load llama.cpp when they run locally (no --server): libllama is loaded
 # before their body imports numpy, the order that kept a CUDA build from crashing
-# (gptcli/libllama.py).
+# (gptcli/llama/libllama.py).
 LOADS_LLAMA = frozenset(
     ("generate", "chat", "explore", "next", "score", "tokenize", "embed", "lens", "attention")
 ) | {"doctor"}
@@ -137,7 +137,7 @@ def _llama_first(command) -> None:
     @functools.wraps(callback)
     def run(*args, **params):
         if not params.get("server"):
-            from gptcli.libllama import load_first
+            from gptcli.llama.libllama import load_first
 
             load_first()
         return callback(*args, **params)

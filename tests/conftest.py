@@ -13,10 +13,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from serverfixture import FaultServer, LlamaServer  # noqa: E402
-from tinymodel import read_tokenizer, write_tiny_model  # noqa: E402
+from support.serverfixture import FaultServer, LlamaServer  # noqa: E402
+from support.tinymodel import read_tokenizer, write_tiny_model  # noqa: E402
 
-from gptcli.models import embedded_model_path  # noqa: E402
+from gptcli.model.resolve import embedded_model_path  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -82,7 +82,7 @@ class Run:
 
 
 # One cache directory for every subprocess of a session: a model file's first-load check
-# (gptcli/loadcheck.py) runs once per file and session, not once per test.
+# (gptcli/llama/loadcheck.py) runs once per file and session, not once per test.
 SESSION_CACHE = os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"gptcli-test-cache-{os.getuid()}-{os.getpid()}"
 )
@@ -150,7 +150,7 @@ def reference_probability(path, prompt: str, piece: str) -> float:
 
 def reference_llama(path, **kwargs):
     """llama-cpp-python's high-level Llama, an oracle for the engine, loaded the way
-    engine.py loads models: without llama.cpp's extra (AMX repacked) weight buffers,
+    llama/engine.py loads models: without llama.cpp's extra (AMX repacked) weight buffers,
     which trap with SIGILL on machines that list AMX without enabling it."""
     import llama_cpp.llama_cpp as low
     from llama_cpp import Llama

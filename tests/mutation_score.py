@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 LINE = re.compile(r"^\s*(gptcli\.[\w.]+?)\.(x\S*?|xǁ\S*?)__mutmut_\d+:\s*(.+?)\s*$")
 KILLED = {"killed", "timeout", "segfault"}
-# hub.py: only its verification part is measured (the download loop needs a hub).
+# model/hub.py: only its verification part is measured (the download loop needs a hub).
 HUB_VERIFY = ("x__digest", "x__verified_blob", "x__check_gguf")
 
 
@@ -25,7 +25,7 @@ def main() -> int:
         if not m:
             continue
         module, func, status = m.groups()
-        if module == "gptcli.hub" and not func.startswith(HUB_VERIFY):
+        if module == "gptcli.model.hub" and not func.startswith(HUB_VERIFY):
             continue
         counts[module][status] += 1
         if status not in KILLED and status != "not checked":

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tinymodel import TinyShape, tensor_shapes
+from support.tinymodel import TinyShape, tensor_shapes
 from typer.testing import CliRunner
 
-from gptcli.anatomy import FILE_TYPE_NAMES, TYPE_NAMES, read_anatomy
 from gptcli.cli import app
-from gptcli.gguf_check import read_header
+from gptcli.model.anatomy import FILE_TYPE_NAMES, TYPE_NAMES, read_anatomy
+from gptcli.model.gguf_check import read_header
 
 runner = CliRunner()
 
@@ -166,7 +166,7 @@ def test_inspect_imports_neither_gguf_nor_numpy(smollm2):
     import sys
 
     code = (
-        "import sys; from gptcli.anatomy import read_anatomy; "
+        "import sys; from gptcli.model.anatomy import read_anatomy; "
         f"read_anatomy({str(smollm2)!r}); "
         "print(sorted(m for m in ('gguf', 'numpy', 'llama_cpp') if m in sys.modules))"
     )

@@ -1,4 +1,4 @@
-"""Continuous batching (`generate --each-line -j N` locally): gptcli.batching on real
+"""Continuous batching (`generate --each-line -j N` locally): gptcli.backends.batching on real
 llama.cpp, checked against the single-sequence Generation, one line at a time."""
 
 import json
@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from gptcli.batching import Batcher, BatchSettings, line_seed, shared_tokens
-from gptcli.engine import Engine, EngineOptions, NativeSampler
-from gptcli.generation import Generation
-from gptcli.prompting import chat_format, chat_prompt, messages_for, raw_prompt
-from gptcli.sampling import Sampler, SamplingParams
+from gptcli.backends.batching import Batcher, BatchSettings, line_seed, shared_tokens
+from gptcli.backends.generation import Generation
+from gptcli.llama.engine import Engine, EngineOptions, NativeSampler
+from gptcli.llama.prompt import chat_format, chat_prompt, messages_for, raw_prompt
+from gptcli.sampling.sampler import Sampler, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
 LINES = [

@@ -12,11 +12,11 @@ import pexpect
 import pytest
 from conftest import clean_env
 
-from gptcli.conversation import Conversation
-from gptcli.engine import Engine, EngineOptions
-from gptcli.generation import Generation
-from gptcli.prompting import chat_format, tokens_for_text
-from gptcli.sampling import Sampler, SamplingParams
+from gptcli.backends.generation import Generation
+from gptcli.chat.conversation import Conversation
+from gptcli.llama.engine import Engine, EngineOptions
+from gptcli.llama.prompt import chat_format, tokens_for_text
+from gptcli.sampling.sampler import Sampler, SamplingParams
 
 PROMPT = ">>> "
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from tinymodel import TINY_CHAT_TEMPLATE
+from support.tinymodel import TINY_CHAT_TEMPLATE
 
-from gptcli import chat_template
-from gptcli.chat_template import (
+from gptcli.llama import template as chat_template
+from gptcli.llama.template import (
     MAX_OUTPUT_CHARS,
     MAX_REPEAT,
     MAX_SECONDS,

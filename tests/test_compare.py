@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from llama_server_build import find
-from tinymodel import Tokenizer, write_tiny_model
+from support.llama_server_build import find
+from support.tinymodel import Tokenizer, write_tiny_model
 
-from gptcli.comparison import (
+from gptcli.backends.comparison import (
     chunk_passes,
     compare_models,
     kl_rows,
@@ -32,9 +32,9 @@ from gptcli.comparison import (
     summarize,
     targets,
 )
-from gptcli.engine import Engine, EngineOptions
+from gptcli.backends.scoring import score_tokens
 from gptcli.errors import UsageError
-from gptcli.scoring import score_tokens
+from gptcli.llama.engine import Engine, EngineOptions
 
 # -- which tokens are scored -------------------------------------------------------------
 
@@ -118,7 +118,7 @@ TEXT = (
 def passthrough_pair(tmp_path_factory, tokenizer):
     """Two one-layer models whose logits after token t are out @ rmsnorm(embd[t]):
     the same embeddings, output matrices that differ by noise."""
-    from hostile import write_passthrough_model
+    from support.hostile import write_passthrough_model
 
     rng = np.random.default_rng(7)
     n_vocab, d = len(tokenizer.tokens), 64
@@ -216,7 +216,7 @@ def test_another_vocabulary_is_refused_in_one_line(gptcli, tiny_model, other_voc
 
 @pytest.mark.parametrize("recorded", ["llama-server-score", "vllm-score", "ollama"])
 def test_a_server_is_refused_through_the_capability_table(gptcli, recorded):
-    from serverfixture import ReplayServer
+    from support.serverfixture import ReplayServer
 
     server = ReplayServer()  # recorded replies of real servers
     try:
@@ -273,7 +273,7 @@ PERPLEXITY = find("llama-perplexity")
 QUANTIZE = find("llama-quantize")
 needs_tools = pytest.mark.skipif(
     PERPLEXITY is None or QUANTIZE is None,
-    reason="llama-perplexity/llama-quantize not built (python tests/llama_server_build.py)",
+    reason="llama-perplexity/llama-quantize not built (python tests/support/llama_server_build.py)",
 )
 CTX = 64
 

@@ -11,9 +11,9 @@ from conftest import clean_env, run_gptcli
 from test_anatomy import write_gguf
 from typer.testing import CliRunner
 
-from gptcli import embeddings
 from gptcli.cli import app
-from gptcli.gguf_check import read_header
+from gptcli.inside import embeddings
+from gptcli.model.gguf_check import read_header
 
 runner = CliRunner()
 

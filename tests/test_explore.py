@@ -19,14 +19,14 @@ from conftest import clean_env
 from rich.console import Console
 
 from gptcli.commands.explore import NOT_A_TERMINAL, new_tree
-from gptcli.distribution import probs_at
-from gptcli.engine import Engine, EngineOptions
 from gptcli.errors import UsageError
 from gptcli.explorer.app import Explorer
 from gptcli.explorer.session import Session, load_tree, model_id
 from gptcli.explorer.text import candidate, safe
-from gptcli.render_probs import fmt_prob
-from gptcli.sampling import Sampler, SamplingParams
+from gptcli.llama.engine import Engine, EngineOptions
+from gptcli.render.tokens import fmt_prob
+from gptcli.sampling.distribution import probs_at
+from gptcli.sampling.sampler import Sampler, SamplingParams
 
 SIZE = (120, 40)
 OFF = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
@@ -128,7 +128,7 @@ def test_temperature_keys_redraw_from_cached_logits(smol):
     assert seen["T"] == 2.0 and seen["T2"] == 0.7
     logits = s.logits(0).logits
     for t, rows in ((2.0, seen["rows"]), (0.7, seen["rows2"])):
-        p = probs_at(logits, t)  # the oracle: gptcli.distribution at that temperature
+        p = probs_at(logits, t)  # the oracle: gptcli.sampling.distribution at that temperature
         top = np.argsort(-logits, kind="stable")[: len(rows)]
         for row, tok in zip(rows, top, strict=True):
             assert row[5] == fmt_prob(float(p[tok])), (t, row)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import clean_env
-from hostile import T_FLOAT32, T_UINT32, parse, structure_fields
+from support.hostile import T_FLOAT32, T_UINT32, parse, structure_fields
 
 INTERESTING = [0, 1, 2, 3, 7, 8, 31, 32, 33, 63, 64, 255, 256, 511, 512, 513, 4096]
 INTERESTING += [2**15, 2**16 - 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63]

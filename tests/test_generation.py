@@ -1,4 +1,4 @@
-"""The token loop (gptcli/generation.py) in-process, on real llama.cpp models.
+"""The token loop (gptcli/backends/generation.py) in-process, on real llama.cpp models.
 
 A "chain" GGUF makes the model's choices known in advance: its blocks add nothing and
 each listed token's embedding is its own unit vector, which the output matrix maps to
@@ -18,10 +18,10 @@ import types
 import numpy as np
 import pytest
 
-from gptcli import generation
-from gptcli.engine import Engine, EngineOptions, Grammar
-from gptcli.generation import Finish, Generation, Timings, TokenEvent
-from gptcli.sampling import Sampler, SamplingParams
+from gptcli.backends import generation
+from gptcli.backends.generation import Finish, Generation, Timings, TokenEvent
+from gptcli.llama.engine import Engine, EngineOptions, Grammar
+from gptcli.sampling.sampler import Sampler, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
 
@@ -38,7 +38,7 @@ def byte_token(tokenizer, b: int) -> int:
 
 def write_chain_model(path, tokenizer, edges: dict[int, int], strength: float = 2.0):
     """A tiny llama GGUF whose next token after token a is edges[a] (greedily)."""
-    from hostile import write_passthrough_model
+    from support.hostile import write_passthrough_model
 
     n_vocab, d = len(tokenizer.tokens), 64
     assert len(edges) < d
@@ -263,7 +263,7 @@ def test_the_first_limit_reached_names_the_end(chains):
 
 
 class Clock:
-    """time.perf_counter for gptcli.generation, moved on by the work the test wraps."""
+    """time.perf_counter for gptcli.backends.generation, moved on by the work the test wraps."""
 
     def __init__(self):
         self.now = 100.0  # perf_counter's origin is arbitrary, never 0 in practice
@@ -548,9 +548,9 @@ def test_no_report_asked_means_no_model_probability(tiny):
 def test_nan_logits_end_the_loop_naming_the_position_after_the_good_tokens(tmp_path, tokenizer):
     # The logit model always wants token 500, whose embedding is NaN: the first draw is
     # fine, the logits after it are NaN, at position 3 (two prompt tokens, then 500).
-    from hostile import write_logit_model
+    from support.hostile import write_logit_model
 
-    from gptcli.sampling import NonFiniteLogits
+    from gptcli.sampling.sampler import NonFiniteLogits
 
     path = write_logit_model(tmp_path / "nan.gguf", tokenizer, favourite=500, poisoned=500)
     with Engine(path, EngineOptions(n_ctx=16, n_threads=1)) as engine:

@@ -1,4 +1,4 @@
-"""The header check in-process: every hostile file of hostile.py refused by
+"""The header check in-process: every hostile file of support/hostile.py refused by
 read_header() itself with the message the CLI shows, and real files read exactly.
 (test_model_files.py runs the same files through the CLI in subprocesses; these are
 the fast twins a mutation run can use.)"""
@@ -11,9 +11,9 @@ import struct
 
 import numpy as np
 import pytest
-from hostile import HOSTILE, KV, Gguf, Tensor, enc_string, write_hostile
+from support.hostile import HOSTILE, KV, Gguf, Tensor, enc_string, write_hostile
 
-from gptcli.gguf_check import ArrayInfo, GGUFError, read_header
+from gptcli.model.gguf_check import ArrayInfo, GGUFError, read_header
 
 
 @pytest.fixture(scope="module")
@@ -907,7 +907,7 @@ def test_expert_counts_of_another_type_are_left_to_llama_cpp(write):
 
 
 def test_printable_escapes_control_characters_and_bounds_the_length():
-    from gptcli.gguf_check import printable
+    from gptcli.model.gguf_check import printable
 
     assert printable("a\x1b[2Jb\n\té") == "a\\x1b[2Jb\\n\\té"
     assert printable("C:\\models\\'x'.gguf") == "C:\\models\\'x'.gguf"  # shown as is

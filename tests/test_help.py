@@ -105,7 +105,7 @@ def test_no_help_text_is_broken_inside_a_sentence():
 
 
 def test_model_names_complete_from_the_catalogue_and_the_cache(tmp_path):
-    from gptcli.completion import complete_model
+    from gptcli.model.completion import complete_model
 
     snap = tmp_path / "hub" / "models--owner--repo" / "snapshots" / "abc"
     snap.mkdir(parents=True)
@@ -127,8 +127,8 @@ def test_model_names_complete_from_the_catalogue_and_the_cache(tmp_path):
 
 
 def test_the_model_is_named_as_a_person_writes_it_with_the_quantization_apart(smollm2, gptcli):
-    from gptcli.gguf_check import read_header
-    from gptcli.naming import label
+    from gptcli.model.gguf_check import read_header
+    from gptcli.model.naming import label
 
     assert label(read_header(smollm2)) == "SmolLM2-135M-Instruct (Q4_1)"  # not general.name
     r = gptcli("inspect")
@@ -138,8 +138,8 @@ def test_the_model_is_named_as_a_person_writes_it_with_the_quantization_apart(sm
 
 
 def test_a_file_without_basename_is_named_by_its_file_name(tmp_path):
-    from gptcli.gguf_check import GGUFHeader
-    from gptcli.naming import display_name, quantization
+    from gptcli.model.gguf_check import GGUFHeader
+    from gptcli.model.naming import display_name, quantization
 
     h = GGUFHeader(tmp_path / "Qwen2.5-0.5B-Instruct-Q4_K_M.gguf", 3, 0, {"general.name": "x"})
     assert display_name(h) == "Qwen2.5-0.5B-Instruct" and quantization(h) == "Q4_K_M"
@@ -171,7 +171,7 @@ def test_probs_kind_model_alone_implies_probs(gptcli):
 
 
 def test_one_token_notation_in_every_view(gptcli):
-    from gptcli.render_probs import token_label
+    from gptcli.render.tokens import token_label
 
     assert token_label(b" \xea") == "␣<0xEA>"
     assert token_label(b"a\nb\t\x1b\xe2\x80\xae") == "a↵b⇥\\x1b\\u202e"

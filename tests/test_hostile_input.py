@@ -356,9 +356,9 @@ def test_jobs_above_the_cap_are_refused(tiny_model):
 
 
 def test_jobs_make_no_more_sequences_than_lines(tiny_model, monkeypatch):
-    from gptcli import batching
-    from gptcli.engine import Engine, EngineOptions
-    from gptcli.sampling import SamplingParams
+    from gptcli.backends import batching
+    from gptcli.llama.engine import Engine, EngineOptions
+    from gptcli.sampling.sampler import SamplingParams
 
     made = []
 

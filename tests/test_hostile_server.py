@@ -1,4 +1,4 @@
-"""Servers that misbehave (tests/hostileserver.py, on 127.0.0.1), each met by the real
+"""Servers that misbehave (tests/support/hostileserver.py, on 127.0.0.1), each met by the real
 CLI in a subprocess: a bounded time (a short --timeout, never a long sleep), an exit
 code, one line on stderr when it fails, and the text received before the failure kept
 on stdout. Each case fails without its bound: the run would hang (the subprocess
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import clean_env, run_gptcli
-from hostileserver import HostileServer
+from support.hostileserver import HostileServer
 
 from gptcli.backends import dialects
 from gptcli.limits import LOGPROB_ROUNDING, MAX_CANDIDATES
@@ -29,7 +29,7 @@ def hostile():
 
 @dataclass(frozen=True)
 class Case:
-    mode: str  # how the server misbehaves (hostileserver.py)
+    mode: str  # how the server misbehaves (support/hostileserver.py)
     args: tuple[str, ...]
     code: int  # the exit code
     stdout: str | None  # exactly what stdout holds (None: not checked here)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from conftest import clean_env, run_gptcli
-from hubserver import GOOD_TOKEN, Fault, start_hub
+from support.hubserver import GOOD_TOKEN, Fault, start_hub
 
-from gptcli import hub_refs
-from gptcli.hub_refs import HubRef, RemoteFile, parse_ref
+from gptcli.model import refs as hub_refs
+from gptcli.model.refs import HubRef, RemoteFile, parse_ref
 
 SMOL = "test-org/SmolLM2-GGUF"
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,7 +32,7 @@ TINY = "test-org/Tiny-GGUF"
 def split_parts(tmp_path_factory, tokenizer) -> list[Path]:
     """A tiny model written as two GGUF parts (`-00001-of-00002`)."""
     import gguf
-    from tinymodel import write_tiny_model
+    from support.tinymodel import write_tiny_model
 
     class SplitWriter(gguf.GGUFWriter):
         def __init__(self, path, arch, **kwargs):
@@ -185,7 +185,7 @@ def test_default_choice_is_q4_k_m_then_nearest_and_splits_group():
 
 
 def test_catalogue_is_valid_and_ships_with_the_package():
-    from gptcli import catalogue
+    from gptcli.model import catalogue
 
     entries = catalogue.entries()
     assert {"smollm2", "qwen2.5-0.5b", "llama3.2-1b", "gemma3-270m", "phi-3.5-mini"} <= set(entries)
@@ -193,7 +193,7 @@ def test_catalogue_is_valid_and_ships_with_the_package():
     assert entries["qwen2.5-0.5b"].ref == HubRef("Qwen/Qwen2.5-0.5B-Instruct-GGUF", quant="Q4_K_M")
     # models/catalogue.json (where people look) is the packaged file itself.
     top = Path(__file__).parents[1] / "models" / "catalogue.json"
-    packaged = Path(__file__).parents[1] / "gptcli" / "catalogue.json"
+    packaged = Path(__file__).parents[1] / "gptcli" / "model" / "catalogue.json"
     assert top.resolve() == packaged.resolve()
 
 
@@ -202,7 +202,7 @@ def test_smollm2_name_is_the_embedded_model_without_network(smollm2, hub, tmp_pa
     run = run_gptcli("pull", "smollm2", env=env)
     assert run.returncode == 0, run.stderr
     assert Path(run.stdout.strip()) == smollm2
-    code = "from gptcli import models; print(models.resolve('smollm2').path)"
+    code = "from gptcli.model import resolve as models; print(models.resolve('smollm2').path)"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert Path(proc.stdout.strip()) == smollm2, proc.stderr
     assert cache_files(tmp_path) == []
@@ -267,7 +267,7 @@ def test_cached_copy_serves_when_offline_or_unreachable(smol_home, hub):
     assert run.returncode == 0, run.stderr
     assert "hub unreachable" in run.stderr and run.stdout.strip().endswith(SMOL_FILE)
     offline = hub_env(hub, home, HF_ENDPOINT=dead_endpoint(), HF_HUB_OFFLINE="1")
-    code = f"from gptcli import models; print(models.resolve({ref!r}).path)"
+    code = f"from gptcli.model import resolve as models; print(models.resolve({ref!r}).path)"
     proc = subprocess.run([sys.executable, "-c", code], env=offline, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(SMOL_FILE)

@@ -1,4 +1,4 @@
-"""The verification part of hub.py in-process: the digest of a cached blob against the
+"""The verification part of model/hub.py in-process: the digest of a cached blob against the
 hub's sha256 (LFS) or git blob id, the removal of a damaged blob, the GGUF header
 check. Oracles: hashlib on the whole file, and `git hash-object`'s definition of a blob
 id. (test_hub.py runs the same paths end to end through a loopback hub.)"""
@@ -10,9 +10,9 @@ import tracemalloc
 
 import pytest
 
-from gptcli import hub
 from gptcli.errors import GptcliError
-from gptcli.hub_refs import RemoteFile
+from gptcli.model import hub
+from gptcli.model.refs import RemoteFile
 
 
 def git_blob_id(data: bytes) -> str:

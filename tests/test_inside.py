@@ -15,13 +15,13 @@ import re
 
 import numpy as np
 import pytest
-from reference_forward import forward, lens_probs
+from support.reference_forward import forward, lens_probs
 
-from gptcli import attention as A
-from gptcli import lens as L
-from gptcli.engine import Engine, EngineOptions
-from gptcli.render_probs import token_label
-from gptcli.unembedding import final_step
+from gptcli.inside import attention as A
+from gptcli.inside import lens as L
+from gptcli.inside.unembedding import final_step
+from gptcli.llama.engine import Engine, EngineOptions
+from gptcli.render.tokens import token_label
 
 PROMPT = "The capital of France is"
 

@@ -73,7 +73,7 @@ def test_verbose_shows_llama_cpp_log_on_stderr_and_only_the_text_on_stdout(
     ],
 )
 def test_commands_that_load_a_model_load_libllama_before_numpy(args, tiny_model):
-    # Without gptcli/libllama.py the CLI imports numpy first (gptcli.engine, gguf_check).
+    # Without gptcli/llama/libllama.py the CLI imports numpy first (llama.engine, gguf_check).
     args = [str(tiny_model) if a == "TINY" else a for a in args]
     rc, order, err = _order("gptcli", *args)
     assert rc == 0, err
@@ -84,7 +84,7 @@ def test_commands_that_load_a_model_load_libllama_before_numpy(args, tiny_model)
 
 
 def test_the_first_load_check_child_loads_libllama_before_numpy(tiny_model):
-    rc, order, err = _order("gptcli.loadcheck", str(tiny_model), "0")
+    rc, order, err = _order("gptcli.llama.loadcheck", str(tiny_model), "0")
     assert rc == 0, err
     assert order.index("libllama") < order.index("numpy"), order
 
@@ -106,8 +106,8 @@ def _cpu_model_name() -> str | None:
 
 
 def test_doctor_shows_the_devices_and_the_layers_it_would_offload(gptcli, tiny_model, smollm2):
-    from gptcli import engine
-    from gptcli.resources import human
+    from gptcli.llama import engine
+    from gptcli.llama.resources import human
 
     devices = engine.devices()
     cpu = [d for d in devices if d.kind == "cpu"]
@@ -129,7 +129,7 @@ def test_doctor_shows_the_devices_and_the_layers_it_would_offload(gptcli, tiny_m
     assert f"{human(ram)} RAM" in cpu_line and "(CPU backend, cpu)" in cpu_line
     assert cpu[0].description in cpu_line
     layers = next(x for x in lines if x.startswith("gpu layers"))
-    # SmolLM2-135M has 30 layers (FACTS); the tiny test model 2 (tests/tinymodel.py)
+    # SmolLM2-135M has 30 layers (FACTS); the tiny test model 2 (tests/support/tinymodel.py)
     if offload:
         assert "all 30 layers of SmolLM2-135M-Instruct.Q4_1.gguf" in layers
     else:

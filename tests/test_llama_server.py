@@ -1,5 +1,5 @@
 """gptcli against llama.cpp's own llama-server, built from the llama.cpp that
-llama-cpp-python vendors (tests/llama_server_build.py), on the embedded SmolLM2:
+llama-cpp-python vendors (tests/support/llama_server_build.py), on the embedded SmolLM2:
 the same text, the same numbers as the local engine, where the server gives them.
 Skipped, with the reason, when the binary is not in the cache."""
 
@@ -8,20 +8,20 @@ from __future__ import annotations
 import json
 import math
 
-import llama_server_build
 import pytest
-from serverfixture import NativeLlamaServer
+from support import llama_server_build
+from support.serverfixture import NativeLlamaServer
 
 from gptcli.backends.base import Request
 from gptcli.backends.local import LocalBackend
 from gptcli.backends.remote import RemoteBackend
-from gptcli.sampling import SamplingParams
+from gptcli.sampling.sampler import SamplingParams
 
 BINARY = llama_server_build.find()
 pytestmark = pytest.mark.skipif(
     BINARY is None,
     reason="llama-server is not built: `make test GPTCLI_BUILD_LLAMA_SERVER=1` "
-    "(or python tests/llama_server_build.py) builds it once into ~/.cache/gptcli",
+    "(or python tests/support/llama_server_build.py) builds it once into ~/.cache/gptcli",
 )
 PROMPT = "The capital of France is"
 
@@ -69,7 +69,7 @@ def test_sampled_distribution_matches_local(native, smollm2):
     # At -t 0 llama-server's greedy sampler reports the chosen token alone (1.0) where
     # gptcli shows the truncated distribution at T=1; at T=1 with the same top-k/top-p/
     # min-p the first step's sampled distribution is the same before any draw.
-    from gptcli.engine import Engine
+    from gptcli.llama.engine import Engine
 
     params = SamplingParams(temperature=1.0, top_k=40, top_p=0.95, min_p=0.05, seed=1)
     request = Request(PROMPT, True, None, params, 1, n_top=3, sampled_probs=True)
@@ -95,7 +95,7 @@ def test_score_says_llama_server_has_no_prompt_logprobs(native, gptcli):
 
 
 def test_tokenize_gives_the_local_ids(native, smollm2):
-    from gptcli.engine import Engine
+    from gptcli.llama.engine import Engine
 
     with Engine(smollm2) as engine:
         local = engine.tokenize(PROMPT, add_bos=False)

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 from conftest import clean_env
-from hostile import HOSTILE, T_ARRAY, T_STRING, T_UINT32, enc_string, write_hostile
+from support.hostile import HOSTILE, T_ARRAY, T_STRING, T_UINT32, enc_string, write_hostile
 
 from gptcli.errors import GptcliError
-from gptcli.resources import check_model_fits, meminfo
+from gptcli.llama.resources import check_model_fits, meminfo
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,8 @@ def test_llama_cpp_alone_aborts_where_gptcli_refuses(tiny_model, hostile_dir, na
 
 
 def test_unmutated_tiny_model_passes_the_check_and_runs(gptcli, tiny_model):
-    # The round trip in hostile.py must not itself damage a file.
-    from hostile import parse
+    # The round trip in support/hostile.py must not itself damage a file.
+    from support.hostile import parse
 
     rebuilt = tiny_model.parent / "rebuilt.gguf"
     rebuilt.write_bytes(parse(tiny_model).to_bytes())
@@ -129,7 +129,7 @@ def test_memory_check_reads_meminfo(tmp_path):
 
 
 def test_array_element_type_recorded_for_callers(tiny_model):
-    from gptcli.gguf_check import read_header
+    from gptcli.model.gguf_check import read_header
 
     header = read_header(tiny_model)
     assert header.types["tokenizer.ggml.tokens"] == (T_ARRAY, T_STRING)
@@ -157,7 +157,7 @@ def test_a_crash_in_the_first_load_is_one_line(gptcli, tiny_model, tmp_path, loa
     # No file known today passes the header check and still aborts llama.cpp (each one
     # found was added to the check), so the child is handed a real one that does:
     # llama.cpp's own loader on duplicate_token.gguf dies by SIGABRT.
-    from gptcli import loadcheck
+    from gptcli.llama import loadcheck
 
     aborts = write_hostile("duplicate_token", tiny_model, tmp_path)
     child = [sys.executable, "-c", _RAW_LOAD, str(aborts)]
@@ -190,7 +190,7 @@ def test_a_segfault_in_the_first_load_names_the_signal_and_the_way_out(
     tiny_model, load_cache, capfd
 ):
     # A child that dies as the CUDA build's loads did (docs/gpu.md): SIGSEGV, no assertion.
-    from gptcli import loadcheck
+    from gptcli.llama import loadcheck
 
     calls = []
 
@@ -220,7 +220,7 @@ def test_a_segfault_in_the_first_load_names_the_signal_and_the_way_out(
 def test_a_clean_first_load_is_remembered(tiny_model_factory, load_cache):
     import time
 
-    from gptcli import loadcheck
+    from gptcli.llama import loadcheck
 
     path = tiny_model_factory("remembered", seed=3)
     assert not loadcheck.is_known(path)
@@ -245,7 +245,7 @@ def test_a_clean_first_load_is_remembered(tiny_model_factory, load_cache):
 def test_a_changed_file_is_checked_again(tiny_model_factory, load_cache):
     import os
 
-    from gptcli import loadcheck
+    from gptcli.llama import loadcheck
 
     path = tiny_model_factory("changed", seed=4)
     loadcheck.check_first_load(path)

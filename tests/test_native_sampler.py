@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 from conftest import reference_llama
 
-from gptcli.engine import Engine, EngineOptions, NativeSampler
-from gptcli.generation import Finish, Generation
-from gptcli.prompting import raw_prompt
-from gptcli.sampling import Sampler, SamplingParams
+from gptcli.backends.generation import Finish, Generation
+from gptcli.llama.engine import Engine, EngineOptions, NativeSampler
+from gptcli.llama.prompt import raw_prompt
+from gptcli.sampling.sampler import Sampler, SamplingParams
 
 PROMPTS = ["Once upon a time", "The best way to learn Python is", "My favourite colour is"]
 

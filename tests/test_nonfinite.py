@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 import pytest
-from hostile import write_logit_model
+from support.hostile import write_logit_model
 
-from gptcli.sampling import NonFiniteLogits, Sampler, SamplingParams, check_logits
+from gptcli.sampling.sampler import NonFiniteLogits, Sampler, SamplingParams, check_logits
 
 FAVOURITE = b"Paris"
 
@@ -91,7 +91,7 @@ def test_score_stops_at_the_first_nan(gptcli, poisoned, tmp_path):
 def test_header_refusals_name_the_hyperparameter(gptcli, tiny_model, tmp_path):
     # The bad hyperparameters each have a row in hostile.HOSTILE (test_model_files);
     # this pins that llama.cpp itself does compute NaN on the first of them.
-    from hostile import HOSTILE, write_hostile
+    from support.hostile import HOSTILE, write_hostile
 
     assert "rope_freq_base_zero" in HOSTILE
     path = write_hostile("rope_freq_base_zero", tiny_model, tmp_path)

@@ -1,4 +1,4 @@
-"""distribution.py and scoring.py in-process, against formulas written out here
+"""sampling/distribution.py and backends/scoring.py in-process, against formulas written out here
 (plain Python loops, float64) and llama-cpp-python's own logits: the fast, exact
 tests a mutation run uses."""
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptcli.distribution import (
+from gptcli.sampling.distribution import (
     entropy_bits,
     log_softmax_rows,
     next_tokens,
@@ -86,8 +86,8 @@ def test_next_tokens_ranks_and_accumulates_per_temperature():
 def test_score_tokens_in_windows_equals_llama_cpp_python(tiny_model):
     from conftest import reference_llama
 
-    from gptcli.engine import Engine, EngineOptions
-    from gptcli.scoring import score_tokens
+    from gptcli.backends.scoring import score_tokens
+    from gptcli.llama.engine import Engine, EngineOptions
 
     rng = np.random.default_rng(4)
     with Engine(tiny_model, EngineOptions(n_ctx=32)) as engine:

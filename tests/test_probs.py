@@ -193,11 +193,11 @@ def test_probs_renderer_streams_a_generation(tiny_model):
     """The renderer chat reuses: same interface as TextRenderer, same text."""
     import io
 
-    from gptcli.engine import Engine
-    from gptcli.generation import Generation, TokenEvent
-    from gptcli.render import TextRenderer
-    from gptcli.render_probs import ProbsRenderer
-    from gptcli.sampling import Sampler, SamplingParams
+    from gptcli.backends.generation import Generation, TokenEvent
+    from gptcli.llama.engine import Engine
+    from gptcli.render.stream import TextRenderer
+    from gptcli.render.tokens import ProbsRenderer
+    from gptcli.sampling.sampler import Sampler, SamplingParams
 
     with Engine(tiny_model) as engine:
         prompt = engine.tokenize("Hello there")
@@ -326,7 +326,7 @@ def test_score_refuses_empty_or_unscorable_text(gptcli, tiny_model, text):
 def test_score_refuses_text_longer_than_memory_allows(tiny_model, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from gptcli import scoring
+    from gptcli.backends import scoring
     from gptcli.cli import app
 
     # Pretend there is little memory: the refusal must come before reading it all.
@@ -339,7 +339,7 @@ def test_score_refuses_text_longer_than_memory_allows(tiny_model, tmp_path, monk
 
 
 def test_distribution_helpers_on_known_cases():
-    from gptcli.distribution import entropy_bits, parse_temperatures, perplexity, probs_at
+    from gptcli.sampling.distribution import entropy_bits, parse_temperatures, perplexity, probs_at
 
     assert entropy_bits(np.full(8, 1 / 8)) == pytest.approx(3.0)
     assert perplexity(np.log(np.full(5, 0.25))) == pytest.approx(4.0)

@@ -9,12 +9,12 @@ import math
 
 import pytest
 from conftest import clean_env, reference_probability, run_gptcli
-from serverfixture import free_port
+from support.serverfixture import free_port
 
+from gptcli.backends.generation import Finish, TokenEvent
 from gptcli.backends.remote import RemoteBackend
 from gptcli.errors import GptcliError
-from gptcli.generation import Finish, TokenEvent
-from gptcli.sampling import SamplingParams
+from gptcli.sampling.sampler import SamplingParams
 
 PROMPT = "The capital of France is"
 GREEDY = SamplingParams(temperature=0)
@@ -52,8 +52,8 @@ def test_chat_applies_the_servers_template(server):
 
 
 def test_next_steps_match_the_local_distribution(server, smollm2):
-    from gptcli.distribution import next_tokens
-    from gptcli.engine import Engine
+    from gptcli.llama.engine import Engine
+    from gptcli.sampling.distribution import next_tokens
 
     remote = RemoteBackend(server.url)
     walk = remote.next_steps(PROMPT, chat=False, system=None, top=3, steps=1, temperatures=[1.0])

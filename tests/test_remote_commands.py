@@ -9,7 +9,7 @@ import math
 
 import pytest
 from conftest import reference_probability
-from serverfixture import ECHO_LOGPROBS, free_port
+from support.serverfixture import ECHO_LOGPROBS, free_port
 
 PROMPT = "The capital of France is"
 

@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from serverfixture import ReplayServer
+from support.serverfixture import ReplayServer
 
 from gptcli.backends import dialects
 

@@ -23,7 +23,7 @@ from conftest import reference_llama
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gptcli.sampling import Sampler, SamplingParams, softmax
+from gptcli.sampling.sampler import Sampler, SamplingParams, softmax
 
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 assert TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gptcli.errors import UsageError
-from gptcli.sampling import (
+from gptcli.sampling.sampler import (
     Sampler,
     SamplingParams,
     apply_repetition_penalty,

@@ -1,4 +1,4 @@
-"""gptcli/scoring.py in-process: reading the text to score, and scoring in windows and
+"""gptcli/backends/scoring.py in-process: reading the text to score, and scoring in windows and
 batches of the context.
 
 Oracles: llama-cpp-python's own logits (conftest.reference_llama) turned into log
@@ -16,13 +16,13 @@ import sys
 import numpy as np
 import pytest
 from conftest import reference_llama
-from hostile import write_logit_model
+from support.hostile import write_logit_model
 
-from gptcli import scoring
-from gptcli.engine import Engine, EngineOptions
+from gptcli.backends import scoring
+from gptcli.backends.scoring import Scores, max_text_bytes, read_text, score_tokens
 from gptcli.errors import UsageError
-from gptcli.sampling import NonFiniteLogits
-from gptcli.scoring import Scores, max_text_bytes, read_text, score_tokens
+from gptcli.llama.engine import Engine, EngineOptions
+from gptcli.sampling.sampler import NonFiniteLogits
 
 # -- reading the text ------------------------------------------------------------------
 
@@ -292,7 +292,7 @@ def test_the_nan_position_is_the_first_nan_row_llama_cpp_python_computes(poisone
 @pytest.fixture(scope="module")
 def overflowing(tmp_path_factory, tokenizer):
     """Token 600's row overflows to +inf (no NaN anywhere); every other row is finite."""
-    from hostile import write_passthrough_model
+    from support.hostile import write_passthrough_model
 
     n_vocab, d = len(tokenizer.tokens), 64
     embd = np.ones((n_vocab, d), dtype=np.float16)

@@ -14,14 +14,14 @@ import subprocess
 from pathlib import Path
 
 import gguf
-import llama_server_build
 import numpy as np
 import pytest
-from reference_forward import forward, softmax
-from tinymodel import TinyShape
+from support import llama_server_build
+from support.reference_forward import forward, softmax
+from support.tinymodel import TinyShape
 
-from gptcli import steering as S
-from gptcli.engine import Engine, EngineOptions
+from gptcli.inside import steering as S
+from gptcli.llama.engine import Engine, EngineOptions
 
 PROMPT = "the cat sat on the mat and"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "steer"
@@ -147,7 +147,7 @@ def test_a_vector_that_does_not_fit_is_one_line(kind, message, tmp_path, tiny_mo
 
 @pytest.mark.parametrize("command", ["next", "generate", "score"])
 def test_a_server_refuses_steer_through_the_capability_table(command, gptcli, random_vector):
-    from serverfixture import ReplayServer
+    from support.serverfixture import ReplayServer
 
     path, _, _ = random_vector
     server = ReplayServer()  # a recorded llama-server
@@ -350,11 +350,11 @@ GENERATOR = llama_server_build.find("llama-cvector-generator")
 
 
 @pytest.mark.skipif(
-    SERVER is None, reason="llama-server is not built (tests/llama_server_build.py)"
+    SERVER is None, reason="llama-server is not built (tests/support/llama_server_build.py)"
 )
 @pytest.mark.parametrize("scale", [4.0, -4.0])
 def test_llama_server_with_the_file_gives_the_same_top10(scale, happy_vector, smollm2, gptcli):
-    from serverfixture import NativeLlamaServer
+    from support.serverfixture import NativeLlamaServer
 
     server = NativeLlamaServer(
         SERVER, smollm2, 1, "--control-vector-scaled", f"{happy_vector}:{scale}"
@@ -375,7 +375,8 @@ def test_llama_server_with_the_file_gives_the_same_top10(scale, happy_vector, sm
 
 
 @pytest.mark.skipif(
-    GENERATOR is None, reason="llama-cvector-generator is not built (tests/llama_server_build.py)"
+    GENERATOR is None,
+    reason="llama-cvector-generator is not built (tests/support/llama_server_build.py)",
 )
 def test_make_mean_equals_llama_cvector_generator(happy_files, happy_vector, smollm2, tmp_path):
     # gptcli's default (--positions all) is the generator's position convention: every
@@ -418,7 +419,7 @@ def test_chat_slash_steer_is_chat_steer_and_off_switches_it_off(happy_vector, gp
 def test_explore_keys_rescale_and_switch_off_the_vector(deep_model, random_vector):
     from test_explore import drive, session_for
 
-    from gptcli.distribution import probs_at
+    from gptcli.sampling.distribution import probs_at
 
     path, _, _ = random_vector
     v = S.read_vector(path)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from gptcli.engine import Engine, EngineOptions
-from gptcli.generation import Finish, Generation, TokenEvent, _held_back
-from gptcli.sampling import Sampler, SamplingParams
+from gptcli.backends.generation import Finish, Generation, TokenEvent, _held_back
+from gptcli.llama.engine import Engine, EngineOptions
+from gptcli.sampling.sampler import Sampler, SamplingParams
 
 PROMPT = "Once upon a time, in a small village,"
 N = 32

@@ -17,18 +17,18 @@ import numpy as np
 import pytest
 from conftest import run_gptcli
 
-from gptcli.constraints import (
+from gptcli.backends.constraints import (
     JSON_GBNF,
     Constraint,
     from_options,
     server_fields,
     unsupported_keywords,
 )
-from gptcli.engine import Engine, EngineOptions, Grammar
+from gptcli.backends.generation import Generation, TokenEvent
 from gptcli.errors import UsageError
-from gptcli.generation import Generation, TokenEvent
-from gptcli.render_probs import token_label
-from gptcli.sampling import Sampler, SamplingParams
+from gptcli.llama.engine import Engine, EngineOptions, Grammar
+from gptcli.render.tokens import token_label
+from gptcli.sampling.sampler import Sampler, SamplingParams
 
 REVIEW = {
     "type": "object",

@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import clean_env
-from hostile import byte_token_id, write_logit_model
+from support.hostile import byte_token_id, write_logit_model
 
 from gptcli.terminal import Guard, json_safe, needs_escaping, safe
 
@@ -73,8 +73,8 @@ def test_guard_is_exact_for_a_pipe_and_escapes_for_a_terminal():
 
 
 def test_text_renderer_escapes_on_a_terminal_only():
-    from gptcli.generation import TokenEvent
-    from gptcli.render import TextRenderer
+    from gptcli.backends.generation import TokenEvent
+    from gptcli.render.stream import TextRenderer
 
     for out, raw in ((_Tty(), False), (io.StringIO(), True)):
         r = TextRenderer(out)
@@ -85,7 +85,7 @@ def test_text_renderer_escapes_on_a_terminal_only():
 
 
 def test_probability_views_escape_token_names():
-    from gptcli.render_probs import token_label  # every token view's one path
+    from gptcli.render.tokens import token_label  # every token view's one path
 
     assert token_label(b"\x1b]0;x\x07") == "\\x1b]0;x\\x07"
     assert token_label("a\u202eb".encode()) == "a\\u202eb"

@@ -5,7 +5,7 @@ Each variant is a fresh Python process that loads MODEL with -ngl N and prints O
 load while a script importing llama_cpp first loaded the same file; the variants separate
 import order (numpy, gguf, llama_cpp, libllama alone), llama-cpp-python's stdio
 suppression, gptcli's Engine, its first-load child and the CLI with and without
-gptcli/libllama.py's fix (numpy imported first by hand reproduces the old order).
+gptcli/llama/libllama.py's fix (numpy imported first by hand reproduces the old order).
 usage: load_bisect.py [--only TEXT] MODEL [NGL ...]
 (run with the project and llama_cpp on PYTHONPATH)
 """
@@ -41,7 +41,7 @@ print("OK")
 """
 ENGINE = """
 import sys
-from gptcli.engine import Engine, EngineOptions
+from gptcli.llama.engine import Engine, EngineOptions
 e = Engine(sys.argv[1], EngineOptions(n_ctx=64, n_gpu_layers=int(sys.argv[2])))
 e.prefill([0]); print("OK")
 """
@@ -55,7 +55,7 @@ main()
 CHILD = """
 import runpy, sys
 sys.argv = ["loadcheck", sys.argv[1], sys.argv[2]]
-runpy.run_module("gptcli.loadcheck", run_name="__main__", alter_sys=True)
+runpy.run_module("gptcli.llama.loadcheck", run_name="__main__", alter_sys=True)
 print("OK")
 """
 

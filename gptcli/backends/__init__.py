@@ -10,7 +10,7 @@ def ignored_local_options(
     ctx: int, threads: int | None, gpu_layers: int | None, verbose: bool
 ) -> None:
     """Options that only shape a local run: say once that the server ignores them."""
-    from gptcli.render import notice
+    from gptcli.render.stream import notice
 
     given = {"--ctx": ctx, "--threads": threads, "--gpu-layers": gpu_layers, "--verbose": verbose}
     names = [name for name, value in given.items() if value]
@@ -38,7 +38,7 @@ def open_backend(
     from gptcli.commands.options import load_engine
 
     if timeout is not None:
-        from gptcli.hub import set_timeout
+        from gptcli.model.hub import set_timeout
 
         set_timeout(timeout)  # `-m owner/repo:QUANT` may pull first
 

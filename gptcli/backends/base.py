@@ -59,7 +59,7 @@ def lacking(backend: Backend, capability: str, what: str) -> bool:
     """True (after the shared notice on stderr) when the backend lacks `capability`."""
     if getattr(backend.capabilities, capability):
         return False
-    from gptcli.render import notice
+    from gptcli.render.stream import notice
 
     notice(missing(backend, capability, what))
     return True
@@ -161,7 +161,7 @@ class Backend:
         raise NotImplementedError
 
     def print_stats(self, finish) -> None:
-        from gptcli.render import print_stats
+        from gptcli.render.stream import print_stats
 
         print_stats(finish)
 
@@ -171,7 +171,7 @@ class Backend:
 
 def collect_text(events: Iterable) -> str:
     """The whole text of a generation's events."""
-    from gptcli.generation import Finish
+    from gptcli.backends.generation import Finish
 
     parts = []
     for event in events:

@@ -108,7 +108,7 @@ def report_failures(results: Iterable[tuple[str, str | None]]) -> Iterator[str]:
     and an empty output line, and once all are through, a failure (non-zero exit)
     says how many lines failed."""
     from gptcli.errors import GptcliError
-    from gptcli.render import print_error
+    from gptcli.render.stream import print_error
 
     failed = total = 0
     for text, error in results:

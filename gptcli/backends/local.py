@@ -1,4 +1,4 @@
-"""The local backend: a GGUF model on llama.cpp (engine.py) with gptcli's own sampler.
+"""The local backend: a GGUF model on llama.cpp (llama/engine.py) with gptcli's own sampler.
 
 It has everything: the whole vocabulary's logits at every step (so any temperature,
 the entropy, the distribution actually sampled), token ids, prompt scoring, and the
@@ -21,7 +21,7 @@ LOCAL = Capabilities(
     prompt_logprobs=True,
     internals=True,
     grammar=True,  # llama.cpp's grammar sampler (engine.Grammar)
-    parallel=True,  # --each-line -j N: several sequences in one context (batching.py)
+    parallel=True,  # --each-line -j N: several sequences in one context (backends/batching.py)
     steering=True,  # llama_set_adapter_cvec (engine.set_steering)
 )
 
@@ -48,13 +48,13 @@ class LocalBackend(Backend):
         # Notices about the prompt's format are said once, not once per --each-line line.
         if message not in self._said:
             self._said.add(message)
-            from gptcli.render import notice
+            from gptcli.render.stream import notice
 
             notice(message)
 
     def prompt_tokens(self, request: Request) -> tuple[list[int], list[str]]:
         """The prompt's tokens and the stop strings its format adds."""
-        from gptcli.prompting import chat_format, chat_prompt, messages_for, raw_prompt
+        from gptcli.llama.prompt import chat_format, chat_prompt, messages_for, raw_prompt
 
         engine = self.engine
         if request.raw:
@@ -63,16 +63,16 @@ class LocalBackend(Backend):
             return raw_prompt(engine, request.text), []
         fmt = chat_format(engine)
         if fmt.template is None:
-            from gptcli.chat_template import PLAIN_NOTICE
+            from gptcli.llama.template import PLAIN_NOTICE
 
             self._once(PLAIN_NOTICE + " (--raw for plain completion)")
         tokens = chat_prompt(engine, messages_for(request.text, request.system), fmt)
         return tokens, list(fmt.stops)
 
     def start(self, request: Request):
-        from gptcli.engine import NativeSampler
-        from gptcli.generation import Generation
-        from gptcli.sampling import Sampler
+        from gptcli.backends.generation import Generation
+        from gptcli.llama.engine import NativeSampler
+        from gptcli.sampling.sampler import Sampler
 
         tokens, stops = self.prompt_tokens(request)
         if not tokens:
@@ -109,8 +109,8 @@ class LocalBackend(Backend):
         """--each-line on the batched engine: each line's batching.LineResult in input
         order, `jobs` lines decoded together; a failed line is one error line on stderr,
         and a failure once every line is through."""
+        from gptcli.backends.batching import BatchSettings, report_failures, run_lines
         from gptcli.backends.lines import line_prompt
-        from gptcli.batching import BatchSettings, report_failures, run_lines
 
         def prompt_for(line: str) -> list[int]:
             return self.prompt_tokens(replace(request, text=line_prompt(prefix, line)))[0]
@@ -144,10 +144,10 @@ class LocalBackend(Backend):
         temperatures,
         constraint=None,
     ) -> Iterator[NextStep]:
-        from gptcli.distribution import next_tokens
-        from gptcli.prompting import chat_prompt, messages_for, raw_prompt
-        from gptcli.render import notice
-        from gptcli.sampling import check_logits
+        from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
+        from gptcli.render.stream import notice
+        from gptcli.sampling.distribution import next_tokens
+        from gptcli.sampling.sampler import check_logits
 
         engine = self.engine
         if top > engine.n_vocab:
@@ -193,8 +193,8 @@ class LocalBackend(Backend):
             logits = engine.step(chosen)
 
     def score(self, text: str):
-        from gptcli.prompting import raw_prompt
-        from gptcli.scoring import score_tokens
+        from gptcli.backends.scoring import score_tokens
+        from gptcli.llama.prompt import raw_prompt
 
         tokens = raw_prompt(self.engine, text)
         if len(tokens) < 2:
@@ -204,7 +204,7 @@ class LocalBackend(Backend):
         return score_tokens(self.engine, tokens)
 
     def tokenize(self, text: str) -> list[int]:
-        from gptcli.prompting import raw_prompt
+        from gptcli.llama.prompt import raw_prompt
 
         return raw_prompt(self.engine, text)
 
@@ -212,15 +212,15 @@ class LocalBackend(Backend):
         self, params, *, system, saved, resume, max_tokens, stops, interactive, constraint=None
     ) -> int:
         """The chat REPL on this model: the conversation stays in llama.cpp's KV cache."""
-        from gptcli.conversation import Conversation
-        from gptcli.prompting import chat_format
-        from gptcli.render import notice
-        from gptcli.repl import Repl
+        from gptcli.chat.conversation import Conversation
+        from gptcli.chat.repl import Repl
+        from gptcli.llama.prompt import chat_format
+        from gptcli.render.stream import notice
 
         engine = self.engine
         fmt = chat_format(engine)
         if fmt.template is None:
-            from gptcli.chat_template import PLAIN_NOTICE
+            from gptcli.llama.template import PLAIN_NOTICE
 
             notice(PLAIN_NOTICE)
         conversation = Conversation(engine, fmt, system or None)

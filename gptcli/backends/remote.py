@@ -21,11 +21,11 @@ import numpy as np
 
 from gptcli.backends import dialects
 from gptcli.backends.base import Backend, Capabilities, NextStep, Request, collect_text, require
+from gptcli.backends.generation import Finish, Timings, TokenEvent
 from gptcli.backends.http import ConnectionLost, HttpClient, NoAnswer
 from gptcli.errors import GptcliError, UsageError
-from gptcli.generation import Finish, Timings, TokenEvent
 from gptcli.limits import LINE_RETRIES, MAX_EMPTY_EVENTS
-from gptcli.sampling import Alternative, Draw
+from gptcli.sampling.sampler import Alternative, Draw
 
 UNKNOWN = float("nan")  # a probability the server did not report
 _EMPTY_I = np.empty(0, dtype=np.int64)
@@ -98,7 +98,7 @@ class RemoteBackend(Backend):
 
     def once(self, message: str) -> None:
         """A notice on stderr, once per run (lines and steps share a backend)."""
-        from gptcli.render import notice
+        from gptcli.render.stream import notice
 
         with self._lock:
             if message in self._said:
@@ -156,7 +156,7 @@ class RemoteBackend(Backend):
         """n alternatives, or the most the server takes, with a notice."""
         cap = self.dialect.max_top_logprobs if n > 5 else None
         if cap is not None and n > cap:
-            from gptcli.render import notice
+            from gptcli.render.stream import notice
 
             notice(f"{self.dialect.name} gives at most {cap} alternatives per token: showing {cap}")
             return cap
@@ -181,12 +181,12 @@ class RemoteBackend(Backend):
         return body
 
     def start(self, request: Request) -> RemoteGeneration:
-        from gptcli.prompting import messages_for
+        from gptcli.llama.prompt import messages_for
 
         if request.constraint is not None:
             from dataclasses import replace
 
-            from gptcli.constraints import server_fields
+            from gptcli.backends.constraints import server_fields
 
             extra = server_fields(request.constraint, self.dialect.name)
             generation = self.start(replace(request, constraint=None))
@@ -232,7 +232,7 @@ class RemoteBackend(Backend):
     def _native(self, request: Request, n_top: int) -> RemoteGeneration:
         """llama-server's own /completion with post_sampling_probs: the probabilities
         after its sampler chain (top-k, top-p, min-p, temperature), as --probs shows."""
-        from gptcli.prompting import messages_for
+        from gptcli.llama.prompt import messages_for
 
         prompt = request.text
         if not request.raw:
@@ -280,7 +280,7 @@ class RemoteBackend(Backend):
         self, params, *, system, saved, resume, max_tokens, stops, interactive, constraint=None
     ) -> int:
         """The chat REPL, its conversation sent as messages (the server's template)."""
-        from gptcli.remote_repl import run_remote_chat
+        from gptcli.chat.remote_repl import run_remote_chat
 
         if constraint is not None:
             raise UsageError(f"chat {constraint.option} runs on a local model only (no --server)")
@@ -303,9 +303,9 @@ class RemoteBackend(Backend):
     ) -> Iterator[NextStep]:
         """The top candidates at temperature 1 after `text`, for `steps` greedy steps,
         from one greedy completion with log probabilities."""
-        from gptcli.distribution import Candidate, NextTokens
-        from gptcli.prompting import messages_for
-        from gptcli.render import notice
+        from gptcli.llama.prompt import messages_for
+        from gptcli.render.stream import notice
+        from gptcli.sampling.distribution import Candidate, NextTokens
 
         if not text:
             raise UsageError(
@@ -362,7 +362,7 @@ class RemoteBackend(Backend):
     def score(self, text: str):
         """Each prompt token's log probability given the ones before it, from
         `/v1/completions` with `echo` (one token generated, then dropped)."""
-        from gptcli.scoring import Scores
+        from gptcli.backends.scoring import Scores
 
         require(
             self,
@@ -459,7 +459,7 @@ class RemoteBackend(Backend):
         """--stats for a remote run: what the client measured (no load; counts where known)."""
         from rich.text import Text
 
-        from gptcli.render import stderr_console
+        from gptcli.render.stream import stderr_console
 
         t = finish.timings
         n = finish.completion_tokens

@@ -11,8 +11,8 @@ import typer
 from gptcli.commands.options import ModelOpt, VerboseOpt
 
 if TYPE_CHECKING:
-    from gptcli.anatomy import Anatomy
-    from gptcli.embeddings import EmbeddingSpace, Query
+    from gptcli.inside.embeddings import EmbeddingSpace, Query
+    from gptcli.model.anatomy import Anatomy
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 TopOpt = Annotated[int, typer.Option("--top", "-k", help="How many nearest tokens to show.")]
@@ -36,8 +36,8 @@ _SPECIAL_STYLE = "bold white on #8e44ad"
 def inspect(model: ModelOpt = None, as_json: JsonOpt = False) -> None:
     """The model's hyperparameters and its parameter count by matrix kind, read from
     the GGUF header (no inference)."""
-    from gptcli import models
-    from gptcli.anatomy import read_anatomy
+    from gptcli.model import resolve as models
+    from gptcli.model.anatomy import read_anatomy
 
     ref = models.resolve(model)
     anatomy = read_anatomy(ref.path)
@@ -63,7 +63,7 @@ def _print_anatomy(a: Anatomy) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from gptcli.render import stdout_console
+    from gptcli.render.stream import stdout_console
 
     console = stdout_console()
     total = a.parameters
@@ -154,7 +154,7 @@ def tokenize(
     """Cut TEXT into the model's tokens: each token as a chip, special tokens marked,
     spaces shown as ␣ and partial UTF-8 bytes as <0xE2>."""
     from gptcli.commands.options import read_input
-    from gptcli.render_probs import token_label
+    from gptcli.render.tokens import token_label
 
     data = read_input(text)
     engine = _vocab_engine(model, verbose)
@@ -181,8 +181,8 @@ def tokenize(
 
 def _vocab_engine(model: str | None, verbose: bool):
     """The model's tokenizer alone: llama.cpp reads no weights (fast)."""
-    from gptcli import models
-    from gptcli.engine import Engine, EngineOptions
+    from gptcli.llama.engine import Engine, EngineOptions
+    from gptcli.model import resolve as models
 
     ref = models.resolve(model)
     return Engine(ref.path, EngineOptions(vocab_only=True, verbose=verbose))
@@ -192,8 +192,8 @@ def _print_chips(tokens: list[dict], show_ids: bool) -> None:
     from rich.cells import cell_len
     from rich.text import Text
 
-    from gptcli.render import pipe_width, stdout_console
-    from gptcli.render_probs import token_label
+    from gptcli.render.stream import pipe_width, stdout_console
+    from gptcli.render.tokens import token_label
 
     console = stdout_console()
     colour = console.is_terminal and not console.no_color
@@ -249,7 +249,8 @@ class _Space:
     """The embedding space, and the tokenizer only if a word needs it."""
 
     def __init__(self, model: str | None, verbose: bool):
-        from gptcli import embeddings, models
+        from gptcli.inside import embeddings
+        from gptcli.model import resolve as models
 
         self.path = models.resolve(model).path
         self.verbose = verbose
@@ -261,8 +262,8 @@ class _Space:
         self.space: EmbeddingSpace = space
 
     def _build(self) -> EmbeddingSpace:
-        from gptcli import embeddings
-        from gptcli.gguf_check import read_header
+        from gptcli.inside import embeddings
+        from gptcli.model.gguf_check import read_header
 
         header = read_header(self.path)
         # Dequantize first: a model without a usable embedding fails before llama.cpp.
@@ -274,7 +275,7 @@ class _Space:
 
     def _tokenizer(self, header=None):
         if self._engine is None:
-            from gptcli.engine import Engine, EngineOptions
+            from gptcli.llama.engine import Engine, EngineOptions
 
             self._engine = Engine(
                 self.path, EngineOptions(vocab_only=True, verbose=self.verbose), header=header
@@ -282,7 +283,7 @@ class _Space:
         return self._engine
 
     def query(self, word: str, exact: bool) -> Query:
-        from gptcli.embeddings import word_query
+        from gptcli.inside.embeddings import word_query
 
         def tokenize(text: str) -> list[int]:
             return self._tokenizer().tokenize(text, add_bos=False, special=False)
@@ -346,7 +347,7 @@ def analogy(
 
 
 def _print_neighbours(s: _Space, queries, found, what: str, title: str, as_json: bool) -> None:
-    from gptcli.render_probs import token_label
+    from gptcli.render.tokens import token_label
 
     if as_json:
         payload = {
@@ -357,7 +358,7 @@ def _print_neighbours(s: _Space, queries, found, what: str, title: str, as_json:
         }
         typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
         return
-    from gptcli.render import stdout_console
+    from gptcli.render.stream import stdout_console
 
     console = stdout_console()
     if console.is_terminal:

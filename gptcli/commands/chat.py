@@ -67,8 +67,8 @@ def chat(
     and each reply is printed, separated by a blank line.
     """
     from gptcli.backends import open_backend
+    from gptcli.chat.conversation import read_transcript
     from gptcli.commands.options import check_max_tokens, constraint_from, sampling_params
-    from gptcli.conversation import read_transcript
 
     params = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     check_max_tokens(max_tokens)

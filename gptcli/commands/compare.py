@@ -49,8 +49,8 @@ def compare(
     probability each gives the actual next token, and llama-perplexity --kl-divergence's
     summary (mean KL in nats). One model is loaded at a time: A's logits wait in a
     temporary file while B runs."""
+    from gptcli.backends.scoring import read_text
     from gptcli.errors import UsageError
-    from gptcli.scoring import read_text
 
     if worst < 0:
         raise UsageError(f"--worst must be 0 or more, got {worst}")
@@ -60,8 +60,8 @@ def compare(
         _refuse_remote(server, model_a)
     text = read_text(file)
 
+    from gptcli.backends.comparison import compare_models
     from gptcli.commands.options import load_engine
-    from gptcli.comparison import compare_models
 
     def open_model(ref: str):
         return lambda n_ctx: load_engine(ref, n_ctx, threads, gpu_layers, verbose)
@@ -77,11 +77,11 @@ def compare(
             progress=progress,
         )
     if json_out:
-        from gptcli.render_compare import compare_json
+        from gptcli.render.compare import compare_json
 
         compare_json(compared, model_a, model_b)
     else:
-        from gptcli.render_compare import compare_text
+        from gptcli.render.compare import compare_text
 
         compare_text(compared, model_a, model_b)
 
@@ -107,10 +107,10 @@ def _refuse_remote(server: str, model: str) -> None:
 def _open_vocabulary(ref: str, gpu_layers: int | None, verbose: bool):
     """B's tokenizer alone (no weights read), its file checked as load_engine checks one:
     a broken B is refused before A's pass, not after."""
-    from gptcli import models
-    from gptcli.engine import Engine, EngineOptions
-    from gptcli.gguf_check import read_header
-    from gptcli.loadcheck import check_first_load
+    from gptcli.llama.engine import Engine, EngineOptions
+    from gptcli.llama.loadcheck import check_first_load
+    from gptcli.model import resolve as models
+    from gptcli.model.gguf_check import read_header
 
     path = models.resolve(ref).path
     header = read_header(path)
@@ -122,7 +122,7 @@ class _Progress:
     """A bar per model on stderr for long texts; nothing off a terminal."""
 
     def __enter__(self):
-        from gptcli.render import stderr_console
+        from gptcli.render.stream import stderr_console
 
         self._bar = None
         self._tasks: dict[str, int] = {}

@@ -14,7 +14,9 @@ def doctor(model: ModelOpt = None) -> None:
     import sys
     from importlib import metadata
 
-    from gptcli import __version__, engine, models
+    from gptcli import __version__
+    from gptcli.llama import engine
+    from gptcli.model import resolve as models
 
     def version(dist: str) -> str:
         try:
@@ -66,8 +68,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _label(path) -> str:
-    from gptcli.gguf_check import GGUFError, read_header
-    from gptcli.naming import label
+    from gptcli.model.gguf_check import GGUFError, read_header
+    from gptcli.model.naming import label
 
     try:
         return label(read_header(path))
@@ -76,7 +78,7 @@ def _label(path) -> str:
 
 
 def _device(d) -> str:
-    from gptcli.resources import human
+    from gptcli.llama.resources import human
     from gptcli.terminal import safe
 
     if d.kind == "cpu":  # llama.cpp reports all of RAM as free for the CPU
@@ -88,9 +90,9 @@ def _device(d) -> str:
 
 def _gpu_layers(model: str | None, offload: bool) -> str:
     """What the default -ngl would offload for the model (-m, else the default one)."""
-    from gptcli import models
     from gptcli.errors import GptcliError
-    from gptcli.gguf_check import read_header
+    from gptcli.model import resolve as models
+    from gptcli.model.gguf_check import read_header
 
     try:
         path = models.resolve(model).path  # -m, else $GPTCLI_MODEL, else the embedded one

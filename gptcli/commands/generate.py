@@ -111,6 +111,7 @@ def generate(
     """Generate text from PROMPT (and piped stdin), streaming tokens to stdout."""
     from gptcli.backends import open_backend
     from gptcli.backends.base import Request, lacking
+    from gptcli.backends.generation import TokenEvent
     from gptcli.commands.options import (
         check_max_tokens,
         constraint_from,
@@ -118,8 +119,7 @@ def generate(
         sampling_params,
     )
     from gptcli.errors import Terminated
-    from gptcli.generation import TokenEvent
-    from gptcli.render import TextRenderer, notice
+    from gptcli.render.stream import TextRenderer, notice
 
     params = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     constraint = constraint_from(json_schema, output_format, grammar)  # before any loading
@@ -145,7 +145,7 @@ def generate(
 
         if probs or json_out:  # one JSON object per line (a local model: checked above)
             from gptcli.errors import UsageError
-            from gptcli.render_probs import write_lines_json
+            from gptcli.render.tokens import write_lines_json
 
             if constraint is not None:
                 raise UsageError("--each-line with a grammar prints text only: drop --probs/--json")
@@ -156,7 +156,7 @@ def generate(
             return write_lines_json(results, backend.piece, request.n_top)
         texts = backend.each_line(input_lines(), prompt, request, jobs)
         if constraint is not None:
-            from gptcli.constraints import one_document_per_line
+            from gptcli.backends.constraints import one_document_per_line
 
             texts = one_document_per_line(texts, constraint, max_tokens)
         return print_in_order(texts)
@@ -172,12 +172,12 @@ def generate(
     ):
         use_model_probs = True
     if json_out:
-        from gptcli.render_probs import JsonRenderer
+        from gptcli.render.tokens import JsonRenderer
 
         k = 5 if alternatives is None else alternatives
         renderer = JsonRenderer(backend.piece, n_top=min(k, n_vocab or k))
     elif probs:
-        from gptcli.render_probs import ProbsRenderer, legend
+        from gptcli.render.tokens import ProbsRenderer, legend
 
         renderer = ProbsRenderer(
             use_model_probs=use_model_probs, alternatives=alternatives or 0, piece=backend.piece
@@ -225,7 +225,7 @@ def generate(
     if stats:
         backend.print_stats(finish)
     if constraint is not None:
-        from gptcli.constraints import check_complete
+        from gptcli.backends.constraints import check_complete
 
         check_complete(finish, constraint, max_tokens)
 

@@ -1,6 +1,6 @@
 """`gptcli pull`, `gptcli list` and `gptcli rm`: models from the Hugging Face hub.
 
-Nothing heavy at module level: huggingface_hub is imported by `gptcli.hub` when a
+Nothing heavy at module level: huggingface_hub is imported by `gptcli.model.hub` when a
 command runs.
 """
 
@@ -29,8 +29,9 @@ def pull(
     """Download a GGUF model into the Hugging Face cache, verified (sha256 and header).
 
     Prints the local path on stdout; progress and notices go to stderr."""
-    from gptcli import catalogue, hub, models
-    from gptcli.hub_refs import parse_ref
+    from gptcli.model import catalogue, hub
+    from gptcli.model import resolve as models
+    from gptcli.model.refs import parse_ref
 
     entry = catalogue.lookup(ref) if "/" not in ref else None
     if entry is None and "/" not in ref:
@@ -78,7 +79,7 @@ def list_models(
 def _print_server_models(url: str, timeout: float | None) -> None:
     """`gptcli list --server URL`: the ids of the server's models, one a line."""
     from gptcli.backends.remote import RemoteBackend
-    from gptcli.render import notice
+    from gptcli.render.stream import notice
 
     server = RemoteBackend(url, timeout=timeout)
     import sys
@@ -99,9 +100,9 @@ def rm(
     ],
 ) -> None:
     """Remove a pulled model from the Hugging Face cache and report the space freed."""
-    from gptcli import catalogue, hub
     from gptcli.errors import GptcliError
-    from gptcli.hub_refs import human_size
+    from gptcli.model import catalogue, hub
+    from gptcli.model.refs import human_size
 
     entry = catalogue.lookup(ref) if "/" not in ref else None
     target = ref
@@ -121,7 +122,7 @@ def rm(
 
 def _table(title: str, columns: list[str], rows: list[list[str]], empty: str) -> None:
     """A rich table on a terminal, tab-separated lines (with a header) when piped."""
-    from gptcli.render import notice, stdout_console
+    from gptcli.render.stream import notice, stdout_console
 
     console = stdout_console()
     if not rows:
@@ -145,7 +146,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]], empty: str) ->
 
 
 def _print_remote(ref, variants, chosen) -> None:
-    from gptcli.hub_refs import human_size
+    from gptcli.model.refs import human_size
 
     rows = [
         [
@@ -163,7 +164,7 @@ def _print_remote(ref, variants, chosen) -> None:
         f"{ref.repo_id} has no GGUF model files",
     )
     if len(variants) > 1:  # choosing among quantizations: measure them on your own text
-        from gptcli.render import notice
+        from gptcli.render.stream import notice
 
         quants = [v.quant for v in variants if v.quant][:2]
         a, b = (f"{ref.repo_id}:{q}" for q in quants) if len(quants) == 2 else ("A", "B")
@@ -172,8 +173,8 @@ def _print_remote(ref, variants, chosen) -> None:
 
 def _model_row(name: str, paths, size: int) -> list[str]:
     """name, architecture, parameters, quant, size, path: read from the checked header."""
-    from gptcli.gguf_check import GGUFError, read_header
-    from gptcli.hub_refs import human_size, quant_of
+    from gptcli.model.gguf_check import GGUFError, read_header
+    from gptcli.model.refs import human_size, quant_of
 
     try:
         headers = [read_header(p) for p in paths]
@@ -194,7 +195,8 @@ def _model_row(name: str, paths, size: int) -> list[str]:
 def _print_local() -> None:
     import os
 
-    from gptcli import hub, models
+    from gptcli.model import hub
+    from gptcli.model import resolve as models
 
     rows = []
     embedded = models.embedded_model_path()
@@ -219,7 +221,7 @@ def _print_local() -> None:
 
 
 def _print_catalogue() -> None:
-    from gptcli import catalogue, hub
+    from gptcli.model import catalogue, hub
 
     pulled = {m.name for m in hub.cached_models()}
     rows = []

@@ -28,7 +28,7 @@ def _prepare(prompt, model, chat, system, ctx, threads, gpu_layers, verbose, ser
     """The engine and the prompt's tokens; a server cannot show its internals."""
     from gptcli.commands.options import load_engine, read_input
     from gptcli.errors import UsageError
-    from gptcli.prompting import chat_prompt, messages_for, raw_prompt
+    from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
 
     if server:
         raise UsageError(
@@ -85,10 +85,10 @@ def lens(
     divergence to the final distribution. `--positions all` shows the grid. With
     --steer: the unsteered and steered lens side by side, and the layer from which the
     answer changes."""
-    from gptcli import lens as L
-    from gptcli.render import notice
-    from gptcli.render_inside import lens_grid, lens_json, lens_table
-    from gptcli.unembedding import final_step
+    from gptcli.inside import lens as L
+    from gptcli.inside.unembedding import final_step
+    from gptcli.render.inside import lens_grid, lens_json, lens_table
+    from gptcli.render.stream import notice
 
     engine, tokens = _prepare(
         prompt, model, chat, system, ctx, threads, gpu_layers, verbose, server, "lens"
@@ -133,7 +133,7 @@ def lens(
 
 def _track_id(engine, text: str) -> int:
     from gptcli.errors import UsageError
-    from gptcli.render import notice
+    from gptcli.render.stream import notice
 
     if text.startswith("#") and text[1:].isdigit():
         tid = int(text[1:])
@@ -188,9 +188,9 @@ def attention(
     token (the key it weighs most, shaded by the weight, and a strip over the keys).
     `--layer L --head H`: the whole query x key matrix of one head as a heat map, and
     the last token's row shown as the prompt shaded by weight."""
-    from gptcli import attention as A
     from gptcli.errors import UsageError
-    from gptcli.render_inside import attention_grid, attention_json, attention_stats, head_view
+    from gptcli.inside import attention as A
+    from gptcli.render.inside import attention_grid, attention_json, attention_stats, head_view
 
     # --layer alone is allowed with --json (every head of that layer), --head never is
     if head is not None and layer is None or (layer is not None and head is None and not json_out):

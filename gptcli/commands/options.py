@@ -25,7 +25,7 @@ ModelOpt = Annotated[
 
 
 def _complete_model(incomplete: str) -> list[str]:
-    from gptcli.completion import complete_model  # only when the shell asks
+    from gptcli.model.completion import complete_model  # only when the shell asks
 
     return complete_model(incomplete)
 
@@ -153,7 +153,7 @@ def sampling_params(
     repeat_penalty: float,
     seed: int | None,
 ):
-    from gptcli.sampling import SamplingParams
+    from gptcli.sampling.sampler import SamplingParams
 
     return SamplingParams(
         temperature=temperature,
@@ -174,8 +174,8 @@ def load_engine(
     model: str | None, ctx: int, threads: int | None, gpu_layers: int | None, verbose: bool
 ):
     """Resolve -m, check the file, and load it into llama.cpp."""
-    from gptcli import models
-    from gptcli.engine import Engine, EngineOptions
+    from gptcli.llama.engine import Engine, EngineOptions
+    from gptcli.model import resolve as models
 
     if ctx < 0:
         raise UsageError(f"--ctx must be 0 (the model's) or more, got {ctx}")
@@ -184,8 +184,8 @@ def load_engine(
     if threads is not None and not 1 <= threads <= MAX_THREADS:
         raise UsageError(f"--threads must be from 1 to {MAX_THREADS}, got {threads}")
     ref = models.resolve(model)
-    from gptcli.gguf_check import read_header
-    from gptcli.loadcheck import check_first_load
+    from gptcli.llama.loadcheck import check_first_load
+    from gptcli.model.gguf_check import read_header
 
     header = read_header(ref.path)  # a refused file is refused before any child starts
     check_first_load(ref.path, gpu_layers, verbose)  # an abort ends a child, not us
@@ -258,6 +258,6 @@ def constraint_from(json_schema: str | None, output_format: str | None, grammar:
     """The constraints.Constraint that --json-schema, --format, --grammar ask for, or None."""
     if json_schema is None and output_format is None and grammar is None:
         return None  # nothing imported: the common case stays as fast as before
-    from gptcli.constraints import from_options
+    from gptcli.backends.constraints import from_options
 
     return from_options(json_schema, output_format, grammar)

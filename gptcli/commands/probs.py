@@ -67,8 +67,8 @@ def next_token(
     --steer: the unsteered and the steered distribution side by side."""
     from gptcli.backends import open_backend
     from gptcli.commands.options import read_input
-    from gptcli.distribution import parse_temperatures
     from gptcli.errors import UsageError
+    from gptcli.sampling.distribution import parse_temperatures
 
     try:
         temps = parse_temperatures(temperature)
@@ -94,15 +94,15 @@ def next_token(
 
         require(backend, "full_distribution", f"drop {constraint.option}", exit_code=2)
     if constraint is not None and not json_out:
-        from gptcli.render_probs import NextMaskedChart
+        from gptcli.render.tokens import NextMaskedChart
 
         view = NextMaskedChart(backend.piece)
     elif json_out:
-        from gptcli.render_probs import NextJsonWriter
+        from gptcli.render.tokens import NextJsonWriter
 
         view = NextJsonWriter(backend.piece)
     else:
-        from gptcli.render_probs import NextChart
+        from gptcli.render.tokens import NextChart
 
         view = NextChart(backend.piece)
     extra = {"constraint": constraint} if constraint is not None else {}
@@ -138,8 +138,8 @@ def score(
     """How surprising a text is to the model: each token coloured by its probability
     given all the tokens before it, the least likely ones, perplexity and surprisal."""
     from gptcli.backends import open_backend
+    from gptcli.backends.scoring import read_text
     from gptcli.errors import UsageError
-    from gptcli.scoring import read_text
 
     if worst < 0:
         raise UsageError(f"--worst must be 0 or more, got {worst}")
@@ -151,11 +151,11 @@ def score(
         apply_steer(backend, steer, steer_layers)
     result = backend.score(text)
     if json_out:
-        from gptcli.render_probs import score_json
+        from gptcli.render.tokens import score_json
 
         score_json(result, backend.piece, worst)
     else:
-        from gptcli.render_probs import score_text
+        from gptcli.render.tokens import score_text
 
         score_text(result, backend.piece, worst, skip=backend.is_control)
 

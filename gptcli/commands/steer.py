@@ -38,7 +38,7 @@ def steer_engine(engine, specs: list[str] | None, layers: str | None):
         if layers is not None:
             raise UsageError("--steer-layers needs --steer")
         return None
-    from gptcli import steering as S
+    from gptcli.inside import steering as S
 
     vectors = S.load_specs(specs, engine.n_embd, engine.n_layer, engine.name)
     first, last = S.parse_layers(layers, engine.n_layer)
@@ -67,10 +67,10 @@ def compare_next(engine, tokens: list[int], top: int, steps: int, temperatures):
     step evaluates the prefix twice (a prompt, not a generation: cheap)."""
     import numpy as np
 
-    from gptcli.distribution import probs_at
-    from gptcli.render import notice
-    from gptcli.render_steer import Compared, entropy_bits
-    from gptcli.sampling import check_logits, top_k_ids
+    from gptcli.render.steer import Compared, entropy_bits
+    from gptcli.render.stream import notice
+    from gptcli.sampling.distribution import probs_at
+    from gptcli.sampling.sampler import check_logits, top_k_ids
 
     steering = engine.steering
     t = temperatures[0]
@@ -109,8 +109,8 @@ def compare_next(engine, tokens: list[int], top: int, steps: int, temperatures):
 def next_steered(backend, text, chat, system, top, steps, temperatures, json_out, specs):
     """`next --steer`: the unsteered and steered distributions side by side."""
     from gptcli.errors import UsageError
-    from gptcli.prompting import chat_prompt, messages_for, raw_prompt
-    from gptcli.render_steer import next_compared, next_compared_json
+    from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
+    from gptcli.render.steer import next_compared, next_compared_json
 
     engine = backend.engine
     if top > engine.n_vocab:
@@ -130,9 +130,9 @@ def next_steered(backend, text, chat, system, top, steps, temperatures, json_out
 def lens_steered(engine, step, tokens, picked, json_out, specs, layers):
     """`lens --steer`: the lens without and with the vector at the last picked position,
     and the layer from which the answer changes."""
-    from gptcli import lens as L
-    from gptcli.render import notice
-    from gptcli.render_steer import lens_compared, lens_compared_json
+    from gptcli.inside import lens as L
+    from gptcli.render.steer import lens_compared, lens_compared_json
+    from gptcli.render.stream import notice
 
     if len(picked) > 1:
         notice("with --steer the lens compares one position: the last one picked")
@@ -236,10 +236,10 @@ def make(
     llama-server load it with --control-vector-scaled)."""
     import time
 
-    from gptcli import steering as S
     from gptcli.commands.options import load_engine
     from gptcli.errors import UsageError
-    from gptcli.render import notice, stderr_console
+    from gptcli.inside import steering as S
+    from gptcli.render.stream import notice, stderr_console
 
     if method not in S.METHODS:
         raise UsageError(f"--method must be mean or pca, got {method!r}")
@@ -274,7 +274,7 @@ def show(
     json_out: Annotated[bool, typer.Option("--json", help="JSON on stdout.")] = False,
 ) -> None:
     """A control vector's model hint and per-layer norms."""
-    from gptcli import steering as S
+    from gptcli.inside import steering as S
 
     vector = S.read_vector(file)
     if json_out:
@@ -290,7 +290,7 @@ def show(
             )
         )
         return
-    from gptcli.render_steer import show_vector
+    from gptcli.render.steer import show_vector
 
     show_vector(vector)
 
@@ -316,13 +316,13 @@ def sweep(
     verbose: VerboseOpt = False,
 ) -> None:
     """One greedy continuation of PROMPT per scale of the vector, a line each."""
-    from gptcli import steering as S
     from gptcli.backends.base import Request, collect_text
     from gptcli.backends.local import LocalBackend
     from gptcli.commands.options import load_engine, read_input
     from gptcli.errors import UsageError
-    from gptcli.render_steer import sweep_line
-    from gptcli.sampling import SamplingParams
+    from gptcli.inside import steering as S
+    from gptcli.render.steer import sweep_line
+    from gptcli.sampling.sampler import SamplingParams
 
     try:
         values = [float(s) for s in scales.split(",") if s.strip()]

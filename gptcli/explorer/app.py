@@ -28,7 +28,7 @@ from gptcli.explorer.dist import View, logprob
 from gptcli.explorer.session import Session
 from gptcli.explorer.text import candidate, safe, span
 from gptcli.limits import EXPLORE_MAX_STEPS
-from gptcli.render_probs import BANDS, band, bar, fmt_prob
+from gptcli.render.tokens import BANDS, band, bar, fmt_prob
 
 TEMPERATURES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0)
 TOP_KS = (1, 2, 5, 10, 20, 40, 100, 1000, 0)  # 0: off, the widest

@@ -1,6 +1,6 @@
 """The distribution shown at a node, from logits already computed: the model's own
 (softmax of the raw logits) and the sampled one (after the repetition penalty, top-k,
-top-p, min-p and the temperature, in llama.cpp's order as gptcli.sampling draws).
+top-p, min-p and the temperature, in llama.cpp's order as gptcli.sampling.sampler draws).
 
 Pure numpy. A node's logits are evaluated once; every temperature or truncation
 change is recomputed here from them, without the model.
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gptcli.distribution import entropy_bits
-from gptcli.sampling import (
+from gptcli.sampling.distribution import entropy_bits
+from gptcli.sampling.sampler import (
     SamplingParams,
     apply_repetition_penalty,
     logsumexp,

@@ -13,13 +13,13 @@ import time
 from collections import OrderedDict
 from dataclasses import replace
 
-from gptcli.engine import Engine
 from gptcli.errors import GptcliError, UsageError
 from gptcli.explorer import tree as treemod
 from gptcli.explorer.dist import NodeLogits, View, view
 from gptcli.explorer.tree import ModelId, Node, Tree
 from gptcli.limits import EXPLORE_CHECK_NODES, EXPLORE_PROB_TOLERANCE
-from gptcli.sampling import Sampler, SamplingParams
+from gptcli.llama.engine import Engine
+from gptcli.sampling.sampler import Sampler, SamplingParams
 
 CACHE_BYTES = 256 * 1024 * 1024  # logits kept for revisits; older nodes are re-evaluated
 
@@ -246,7 +246,7 @@ def _rank_in(v: View, token: int) -> int:
 def prompt_tokens(engine: Engine, text: str, chat: bool, system: str | None) -> list[int]:
     """The tokens the model sees for a prompt: raw text, or the chat template around it;
     an empty prompt is BOS alone (what `next` shows after nothing)."""
-    from gptcli.prompting import chat_prompt, messages_for, raw_prompt
+    from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
 
     tokens = chat_prompt(engine, messages_for(text, system)) if chat else raw_prompt(engine, text)
     if not tokens:

@@ -1,0 +1,251 @@
+"""The generation loop: logits -> sampled token -> repeat, as a stream of events.
+
+Nothing is printed here; `render` decides how events look. The loop handles
+end-of-generation tokens, stop strings (text that might begin one is held back),
+the context limit, and UTF-8 assembly (a character split across tokens is
+released once it is whole).
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gptcli.errors import GptcliError
+from gptcli.llama.engine import Engine
+from gptcli.sampling.sampler import Alternative, Draw, Sampler, check_logits, logsumexp
+
+
+@dataclass(frozen=True)
+class Forced:
+    """A grammar refused the token the model drew first: which, and how likely it was."""
+
+    wanted: int
+    wanted_prob: float  # under the distribution drawn from before the mask
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    index: int  # 0 for the first generated token
+    id: int
+    piece: bytes  # the token's exact bytes
+    text: str  # text released for printing at this step (may be "")
+    draw: Draw  # the distribution the token was drawn from (after a grammar's mask)
+    forced: Forced | None = None  # set when a grammar refused the model's own draw
+
+
+@dataclass(frozen=True)
+class Timings:
+    load_s: float
+    prompt_s: float  # evaluating the prompt
+    ttft_s: float  # start of prompt evaluation to first token
+    generation_s: float  # after the prompt, until the end
+    prompt_tokens_evaluated: int  # prompt tokens not found in the cache
+
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens_evaluated / self.prompt_s if self.prompt_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: str  # "stop", "length", "context" or "interrupted"
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+    text: str = ""  # text still held back at the end, to print last
+    stop: str | None = None  # the stop string that ended it
+    complete: bool | None = None  # under a grammar: is the document whole? (None: no grammar)
+
+    def generation_tps(self) -> float:
+        s = self.timings.generation_s
+        return self.completion_tokens / s if s > 0 else 0.0
+
+
+Event = TokenEvent | Finish
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of `text` that could be the start of a stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
+@dataclass
+class Generation:
+    """One completion of `prompt` on `engine`. Iterate it for events; the last is Finish."""
+
+    engine: Engine
+    prompt: Sequence[int]
+    sampler: Sampler
+    max_tokens: int | None = None  # None: until end of generation or a full context
+    stops: Sequence[str] = ()
+    n_top: int = 0  # alternatives to report per token
+    model_probs: bool = False
+    tokens: list[int] = field(default_factory=list)  # generated so far
+    grammar: object | None = None  # engine.Grammar: the output must match it
+
+    def __post_init__(self) -> None:
+        self._t0 = self._t_prompt = self._t_first = None
+        self._evaluated = 0
+        self._top_failed = False  # the last refused draw needed the whole-vocabulary mask
+
+    def __iter__(self) -> Iterator[Event]:
+        engine, sampler = self.engine, self.sampler
+        stops = [s for s in self.stops if s]
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        history = list(self.prompt)
+        self._t0 = time.perf_counter()
+        # llama.cpp's chain draws in C when nothing but the token is wanted.
+        native = getattr(sampler, "draws_in_llama", False)
+        if native and (self.grammar is not None or self.n_top or self.model_probs):
+            raise GptcliError("a native sampler draws tokens only: no distribution, no grammar")
+        logits = engine.prefill(self.prompt)
+        self._evaluated = engine.last_prefill_evaluated
+        self._t_prompt = time.perf_counter()
+        index = 0
+        while True:
+            if native:
+                tok = engine.draw(sampler)
+                # A NaN or infinite logit wins (greedy) or poisons the draw: checking the
+                # drawn token's catches a broken model without a pass over the vocabulary.
+                # One output per decode: llama.cpp keeps writing it to the same buffer.
+                if index == 0:
+                    logits = engine.last_logits()
+                    check_logits(logits, len(history))
+                elif not math.isfinite(logits[tok]):
+                    check_logits(engine.last_logits(), len(history))
+                draw = sampler.draw_for(tok)
+            else:
+                draw = sampler.sample(
+                    logits, history, n_top=self.n_top, model_probs=self.model_probs
+                )
+            forced = None
+            if self.grammar is not None:
+                draw, forced = self._constrain(draw, logits, history)
+                if draw is None:  # the document is complete and the model wants to go on
+                    yield self.finish("stop", pending + decoder.decode(b"", final=True))
+                    return
+                self.grammar.accept(draw.token)
+            tok = draw.token
+            if engine.is_eog(tok):
+                yield self.finish("stop", pending + decoder.decode(b"", final=True))
+                return
+            history.append(tok)
+            self.tokens.append(tok)
+            piece = engine.piece(tok)
+            pending += decoder.decode(piece)
+            if self._t_first is None:
+                self._t_first = time.perf_counter()
+            hit = None
+            if stops:
+                found = [(pending.find(s), s) for s in stops if s in pending]
+                if found:
+                    hit = min(found)
+            if hit is not None:
+                yield TokenEvent(index, tok, piece, pending[: hit[0]], draw, forced)
+                yield self.finish("stop", "", stop=hit[1])
+                return
+            keep = _held_back(pending, stops) if stops else 0
+            release, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
+            yield TokenEvent(index, tok, piece, release, draw, forced)
+            index += 1
+            if self.max_tokens is not None and index >= self.max_tokens:
+                yield self.finish("length", pending + decoder.decode(b"", final=True))
+                return
+            if engine.n_past >= engine.n_ctx:
+                yield self.finish("context", pending + decoder.decode(b"", final=True))
+                return
+            if native:
+                engine.advance(tok)
+            else:
+                logits = engine.step(tok)
+
+    def _constrain(self, draw: Draw, logits, history) -> tuple[Draw | None, Forced | None]:
+        """The draw under the grammar: kept when allowed (its distribution renormalised
+        over the allowed candidates), else redrawn from the masked vocabulary. None when
+        the grammar is complete and the model drew something past its end."""
+        grammar = self.grammar
+        if grammar.allows(draw.token):
+            self._top_failed = False
+            return _restricted(draw, grammar.allowed_among(draw.ids)), None
+        if grammar.is_complete():
+            return None, None
+        masked = None
+        p = self.sampler.params
+        top_first = p.top_k > 0 and (p.repeat_penalty == 1.0 or not p.repeat_last_n)
+        if top_first and not self._top_failed:
+            # A top-k draw only needs the k best allowed tokens: check the best logits first.
+            masked = grammar.mask_top(logits, p.top_k)
+        if masked is None:
+            # A model that fights the grammar fails that check step after step: skip it
+            # until a draw is allowed again.
+            self._top_failed = top_first
+            masked = grammar.mask(logits)
+        if not np.isfinite(masked).any():
+            raise GptcliError("the grammar allows no token here (the vocabulary cannot spell it)")
+        again = self.sampler.sample(masked, history, n_top=self.n_top, model_probs=self.model_probs)
+        if self.model_probs or self.n_top:
+            again = _unmasked_model_probs(again, logits)
+        return again, Forced(draw.token, draw.prob)
+
+    def finish(self, reason: str, text: str = "", stop: str | None = None) -> Finish:
+        """The summary so far; also for a caller that stopped early (Ctrl-C)."""
+        now = time.perf_counter()
+        t0 = self._t0 or now
+        t_prompt = self._t_prompt or now
+        timings = Timings(
+            load_s=self.engine.load_seconds,
+            prompt_s=t_prompt - t0,
+            ttft_s=(self._t_first or now) - t0,
+            generation_s=now - t_prompt,
+            prompt_tokens_evaluated=self._evaluated,
+        )
+        complete = None if self.grammar is None else self.grammar.is_complete()
+        return Finish(reason, len(self.prompt), len(self.tokens), timings, text, stop, complete)
+
+
+def _restricted(draw: Draw, allowed: np.ndarray) -> Draw:
+    """The draw's distribution with the forbidden candidates removed, renormalised: what
+    the token was drawn from in effect. Exact when nothing was cut (a first draw kept
+    when allowed, a redraw from the masked distribution otherwise, gives each allowed
+    token this chance); after top-k/top-p a redraw may reach allowed tokens the first
+    cut left out, so there it is the first draw's share, not the whole chance."""
+    if allowed.all():
+        return draw
+    probs = draw.probs * allowed
+    total = probs.sum()
+    keep = np.flatnonzero(allowed)
+    probs = probs[keep] / total
+    ids = draw.ids[keep]
+
+    def prob_of(token: int) -> float | None:
+        at = np.flatnonzero(ids == token)
+        return float(probs[at[0]]) if at.size else None
+
+    top = tuple(dataclasses.replace(a, logprob=_log(prob_of(a.id))) for a in draw.top)
+    prob = prob_of(draw.token) or 0.0
+    return dataclasses.replace(draw, prob=prob, ids=ids, probs=probs, top=top)
+
+
+def _log(q: float | None) -> float | None:
+    return math.log(q) if q else None
+
+
+def _unmasked_model_probs(draw: Draw, logits: np.ndarray) -> Draw:
+    """model_logprob stays the model's own (the raw softmax, no mask) after a redraw."""
+    lse = logsumexp(logits)
+    top = tuple(Alternative(a.id, float(logits[a.id]) - lse, a.logprob) for a in draw.top)
+    model_lp = float(logits[draw.token]) - lse if draw.model_logprob is not None else None
+    return dataclasses.replace(draw, model_logprob=model_lp, top=top)

@@ -1,0 +1,2 @@
+"""The interactive chat: one REPL over one chat-session protocol, and the
+conversation it keeps."""

@@ -1,0 +1,2 @@
+"""Numpy over captured tensors and weights: lens, attention, unembedding,
+embeddings."""

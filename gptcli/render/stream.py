@@ -1,0 +1,139 @@
+"""How things look: streaming text on stdout, notices, errors and stats on stderr.
+
+stdout carries content only. Consoles are built lazily (rich fixes its colour
+detection when a Console is created), and rich already honours NO_COLOR,
+FORCE_COLOR and pipes.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gptcli.backends.generation import Finish, TokenEvent
+
+
+def make_console(**options) -> Console:
+    """A rich Console whose closed pipe ends gptcli with 141, as every other write does
+    (rich's own answer is exit 1)."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError  # the CLI turns it into exit 141, silently
+
+    return _Console(**options)
+
+
+@cache
+def _console(stderr: bool) -> Console:
+    return make_console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def stderr_console() -> Console:
+    return _console(True)
+
+
+def stdout_console() -> Console:
+    return _console(False)
+
+
+def pipe_width(default: int) -> int:
+    """The width of a table written to a pipe: COLUMNS when the user set it, else
+    `default` (a pipe has no width of its own)."""
+    import os
+
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else default
+
+
+def print_error(message: str) -> None:
+    """One line on stderr: `gptcli: error: ...`."""
+    console = stderr_console()
+    from rich.text import Text
+
+    from gptcli.terminal import safe
+
+    line = Text("gptcli: error: ", style="bold red")
+    # A message, not data: always one line, nothing in it a terminal acts on.
+    line.append(safe(message.replace("\n", " ")))
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    """A dim informational line on stderr."""
+    from rich.text import Text
+
+    from gptcli.terminal import safe
+
+    stderr_console().print(Text(safe(message), style="dim"), soft_wrap=True)
+
+
+class TextRenderer:
+    """Plain streaming: each event's released text to stdout, flushed at once."""
+
+    def __init__(self, out=None):
+        from gptcli.terminal import Guard, is_terminal
+
+        self.out = out or sys.stdout
+        self._last = ""
+        # Model or server text: escaped on a terminal, exact through a pipe.
+        tty = is_terminal(self.out)
+        if tty:
+            from gptcli.render.tokens import shows_colour
+
+            self._guard = Guard(True, dim=shows_colour())
+        else:
+            self._guard = Guard(False)
+
+    def token(self, event: TokenEvent) -> None:
+        text = event.text
+        if text:
+            # Noted before writing: a Ctrl-C raised as flush() returns must still
+            # let finish() end the line.
+            self._last = text
+            self.out.write(self._guard(text) if self._guard.active else text)
+            self.out.flush()
+
+    def finish(self, finish: Finish | None) -> None:
+        if finish is not None and finish.text:
+            self.out.write(self._guard(finish.text))
+            self._last = finish.text
+        # End on a newline, so the shell prompt and `wc -l` see whole lines.
+        if self._last and not self._last.endswith("\n"):
+            self.out.write("\n")
+        self.out.flush()
+
+
+def print_stats(finish: Finish) -> None:
+    """Load, prompt and generation figures on stderr (`--stats`)."""
+    t = finish.timings
+    gen_tps = finish.generation_tps()
+    rows = [
+        ("load", f"{t.load_s:.3f} s"),
+        (
+            "prompt",
+            f"{finish.prompt_tokens} tokens ({t.prompt_tokens_evaluated} evaluated) "
+            f"in {t.prompt_s:.3f} s, {t.prompt_tps():.1f} tokens/s",
+        ),
+        (
+            "generation",
+            f"{finish.completion_tokens} tokens in {t.generation_s:.3f} s, {gen_tps:.1f} tokens/s",
+        ),
+        ("first token", f"{t.ttft_s:.3f} s"),
+        ("finish", finish.reason),
+    ]
+    lines = [f"{label:<12}{value}" for label, value in rows]
+    from rich.text import Text
+
+    for line in lines:
+        stderr_console().print(Text(line, style="dim"), soft_wrap=True)
+
+
+FINISH_NOTICES = {
+    "context": "stopped: the context is full ({n_ctx} tokens); raise --ctx for longer text",
+}

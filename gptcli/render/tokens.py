@@ -1,0 +1,731 @@
+"""How probabilities look: tokens coloured on a fixed scale, alternatives beside each
+token, bar charts of a next-token distribution, JSON Lines for scripts.
+
+Colour is only a rendering of numbers: where stdout gets no colour (a pipe,
+NO_COLOR), the same numbers are printed as text, `token[0.77]`.
+Per-token output is plain `write` + `flush` of pre-built escape sequences, so the
+token loop pays no rich layout cost.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TextIO
+
+from gptcli.terminal import Guard, json_safe
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gptcli.backends.generation import Finish, TokenEvent
+    from gptcli.sampling.sampler import Draw
+
+# The fixed scale: (lowest probability, name, rich style), highest band first.
+BANDS: tuple[tuple[float, str, str], ...] = (
+    (0.7, "high", "green"),
+    (0.3, "middle", "yellow"),
+    (0.0, "low", "bold red"),
+)
+DIM = "dim"
+
+
+def band(p: float) -> int:
+    """Index into BANDS of probability p."""
+    for i, (lo, _, _) in enumerate(BANDS):
+        if p >= lo:
+            return i
+    return len(BANDS) - 1
+
+
+def shows_colour(console: Console | None = None) -> bool:
+    """Whether stdout gets colour: rich decides (terminal, NO_COLOR, FORCE_COLOR)."""
+    if console is None:
+        from gptcli.render.stream import stdout_console
+
+        console = stdout_console()
+    return bool(console.is_terminal and not console.no_color and console.color_system)
+
+
+def _escapes(console: Console, style: str) -> tuple[str, str]:
+    """The escape sequences rich writes before and after text in `style`."""
+    from rich.text import Text
+
+    with console.capture() as cap:
+        console.print(Text("\x00", style=style), end="", soft_wrap=True)
+    before, _, after = cap.get().partition("\x00")
+    return before, after
+
+
+_SHOWN = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def _hex_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
+    # A token may end inside a UTF-8 character: show those bytes as <0xE2>.
+    return "".join(f"<0x{b:02X}>" for b in err.object[err.start : err.end]), err.end
+
+
+codecs.register_error("gptcli-hexbytes", _hex_bytes)
+
+
+def token_label(piece: bytes) -> str:
+    """One token as visible text, the one notation of every token view (tokenize,
+    embed, --probs alternatives, next, score, lens, attention): spaces as ␣, line ends
+    as ↵, tabs as ⇥, the bytes of an unfinished UTF-8 character as <0xE2>; control
+    characters, C1 and bidi controls as the escapes terminal.py shows (\\x1b, \\u202e)."""
+    from gptcli.terminal import escape_char, needs_escaping
+
+    out = []
+    for ch in piece.decode("utf-8", errors="gptcli-hexbytes"):
+        if ch in _SHOWN:
+            out.append(_SHOWN[ch])
+        elif needs_escaping(ch, token_view=True):
+            out.append(escape_char(ch))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def out_width(out: TextIO) -> int | None:
+    """The terminal's width when `out` is one; None (no limit) for a pipe."""
+    import os
+
+    try:
+        return os.get_terminal_size(out.fileno()).columns if out.isatty() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def fold(text: str, width: int | None, indent: str = "") -> str:
+    """Break a plain line at spaces to fit `width` (None: as it is)."""
+    if width is None or len(text) <= width:
+        return text
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent=indent))
+
+
+def token_text(piece: bytes) -> str:
+    """A token's exact bytes as text; bytes of an unfinished UTF-8 character as \\xNN."""
+    return piece.decode("utf-8", errors="backslashreplace")
+
+
+def fmt_prob(p: float) -> str:
+    if p >= 0.995:
+        return "1.00" if p >= 0.99995 else f"{p:.2f}"
+    if p >= 0.01 or p == 0:
+        return f"{p:.2f}"
+    return f"{p:.0e}".replace("e-0", "e-")  # 3e-5: small numbers stay short
+
+
+class _Painter:
+    """Text in the colour of its probability band, or `text[p]` without colour."""
+
+    def __init__(self, colour: bool, console: Console | None = None):
+        self.colour = colour
+        if colour:
+            if console is None:
+                from gptcli.render.stream import stdout_console
+
+                console = stdout_console()
+            if not shows_colour(console):  # colour asked for where rich would not give it
+                from rich.console import Console
+
+                console = Console(force_terminal=True, color_system="standard", no_color=False)
+            self.bands = [_escapes(console, style) for _, _, style in BANDS]
+            self.dim = _escapes(console, DIM)
+
+    def paint(self, text: str, probs: Sequence[float]) -> str:
+        """Text released at once, with the probabilities of the tokens that made it."""
+        if self.colour:
+            joint = math.prod(probs)  # a character split over tokens: their joint probability
+            before, after = self.bands[band(joint)]
+            return f"{before}{text}{after}"
+        numbers = ",".join(fmt_prob(p) for p in probs)
+        # The numbers go before trailing newlines so they stay on the token's line.
+        body = text.rstrip("\n")
+        return f"{body}[{numbers}]{text[len(body) :]}"
+
+    def style(self, text: str, p: float) -> str:
+        if not self.colour:
+            return text
+        before, after = self.bands[band(p)]
+        return f"{before}{text}{after}"
+
+    def faint(self, text: str) -> str:
+        if not self.colour:
+            return text
+        return f"{self.dim[0]}{text}{self.dim[1]}"
+
+
+def legend(use_model_probs: bool = False) -> None:
+    """The scale, on stderr, in its colours."""
+    from rich.text import Text
+
+    from gptcli.render.stream import stderr_console
+
+    kind = "model (softmax of the raw logits)" if use_model_probs else "sampled distribution"
+    console = stderr_console()
+    width = out_width(sys.stderr)
+    line = Text(f"probability ({kind}):", style="dim")
+    for i, (lo, name, style) in enumerate(BANDS):
+        hi = BANDS[i - 1][0] if i else None
+        if hi is None:
+            span = f"≥ {lo:.2f}"
+        elif lo == 0:
+            span = f"< {hi:.2f}"
+        else:
+            span = f"{lo:.2f}–{hi:.2f}"
+        band_text = f"{name} {span}"
+        # a narrow terminal breaks the line between bands, never inside one
+        if width is not None and len(line.plain) + 2 + len(band_text) > width:
+            console.print(line, soft_wrap=True)
+            line = Text("  ")
+        else:
+            line.append("  ")
+        line.append(band_text, style=style)
+    console.print(line, soft_wrap=True)
+
+
+class ProbsRenderer:
+    """Streams generated text with each token's probability, like render.TextRenderer.
+
+    alternatives=0: the text flows, each piece coloured by its probability (or
+    `piece[0.77]` without colour). alternatives=K: one line per token with its
+    probability, a bar, and the K most likely other candidates at that step.
+    Give Generation `n_top=renderer.n_top, model_probs=renderer.model_probs`.
+    """
+
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        *,
+        use_model_probs: bool = False,
+        alternatives: int = 0,
+        piece: Callable[[int], bytes] | None = None,
+        colour: bool | None = None,
+    ):
+        if alternatives and piece is None:
+            raise ValueError("alternatives need piece(token_id) -> bytes (engine.piece)")
+        self.out = out or sys.stdout
+        self.use_model_probs = use_model_probs
+        self.alternatives = alternatives
+        self._piece = piece
+        self._painter = _Painter(shows_colour() if colour is None else colour)
+        self._guard = Guard.for_stream(self.out, self._painter.colour)
+        self._held: list[float] = []  # probabilities of tokens whose text is not out yet
+        self._marks: list[str] = []  # forced-token marks waiting for their text
+        self._last = ""
+        self._texts: dict[int, str] = {}
+
+    @property
+    def colour(self) -> bool:
+        return self._painter.colour
+
+    @property
+    def n_top(self) -> int:
+        # One more than shown: the chosen token is listed apart from its alternatives.
+        return self.alternatives + 1 if self.alternatives else 0
+
+    @property
+    def model_probs(self) -> bool:
+        return self.use_model_probs
+
+    def prob(self, draw: Draw) -> float:
+        if self.use_model_probs and draw.model_logprob is not None:
+            return math.exp(draw.model_logprob)
+        return draw.prob
+
+    def _text(self, token: int) -> str:
+        text = self._texts.get(token)
+        if text is None:
+            text = token_label(self._piece(token))
+            self._texts[token] = text
+        return text
+
+    def forced_mark(self, event: TokenEvent) -> str:
+        """`⟨wanted ↵ 0.41⟩`: a grammar refused the model's own draw here."""
+        forced = event.forced
+        name = self._text(forced.wanted) if self._piece else f"#{forced.wanted}"
+        return f"⟨wanted {name} {fmt_prob(forced.wanted_prob)}⟩"
+
+    def token(self, event: TokenEvent) -> None:
+        p = self.prob(event.draw)
+        if self.alternatives:
+            self._line(event, p)
+            return
+        if getattr(event, "forced", None) is not None:
+            self._marks.append(self.forced_mark(event))
+        if not event.text:  # an unfinished character (or held back for a stop string)
+            self._held.append(p)
+            return
+        probs = [*self._held, p]
+        self._held.clear()
+        shown = self._painter.paint(self._guard(event.text), probs)
+        if self._marks:  # forced tokens: the model's own choice after the text they made
+            body = shown.rstrip("\n")
+            shown = body + self._painter.faint("".join(self._marks)) + shown[len(body) :]
+            self._marks.clear()
+        self.out.write(shown)
+        self.out.flush()
+        self._last = event.text
+
+    def _line(self, event: TokenEvent, p: float) -> None:
+        paint = self._painter
+        name = token_label(event.piece)
+        cells = [paint.style(f"{name:<14}", p), f" {fmt_prob(p):>5} ", bar(p, 10)]
+        others = []
+        rank = None
+        for i, alt in enumerate(event.draw.top):
+            if alt.id == event.id:
+                rank = i + 1
+                continue
+            if len(others) < self.alternatives:
+                q = self._alt_prob(alt)
+                # "cut": top-k/top-p/min-p removed it from the distribution drawn from.
+                shown = fmt_prob(q) if q is not None else "cut"
+                q = q or 0.0
+                others.append(paint.style(self._text(alt.id), q) + paint.faint(f" {shown}"))
+        mark = f"#{rank}" if rank and rank > 1 else ""
+        cells.append(paint.faint(f" {mark:>3} │ "))
+        cells.append(paint.faint("  ").join(others))
+        if getattr(event, "forced", None) is not None:
+            cells.append(paint.faint("  forced " + self.forced_mark(event)))
+        self.out.write("".join(cells) + "\n")
+        self.out.flush()
+        self._last = "\n"
+
+    def _alt_prob(self, alt) -> float | None:
+        if self.use_model_probs:
+            return math.exp(alt.model_logprob)
+        return math.exp(alt.logprob) if alt.logprob is not None else None
+
+    def finish(self, finish: Finish | None) -> None:
+        if finish is not None and finish.text and not self.alternatives:
+            # Text held back to the end (an unfinished character, a stop-string start).
+            probs = self._held or [1.0]
+            self.out.write(self._painter.paint(self._guard(finish.text), probs))
+            self._held.clear()
+            self._last = finish.text
+        if self._marks:
+            self.out.write(self._painter.faint("".join(self._marks)))
+            self._marks.clear()
+        if self._last and not self._last.endswith("\n"):
+            self.out.write("\n")
+        self.out.flush()
+
+
+BLOCKS = " ▏▎▍▌▋▊▉█"
+
+
+def bar(p: float, width: int) -> str:
+    """A horizontal bar of p (0..1) in eighths of a character, padded to width."""
+    eighths = int(round(max(0.0, min(1.0, p)) * width * 8))
+    full, part = divmod(eighths, 8)
+    s = "█" * full + (BLOCKS[part] if part else "")
+    return s.ljust(width)
+
+
+# -- JSON Lines -----------------------------------------------------------------------
+
+
+def _lp(x: float | None) -> float | None:
+    # JSON has no -Infinity: a probability of exactly 0 is written as null.
+    return None if x is None or not math.isfinite(x) else x
+
+
+def token_object(token: int, piece: bytes) -> dict:
+    # A negative id is a remote token known only by its text: no id (null).
+    return {"token": token_text(piece), "id": token if token >= 0 else None, "bytes": list(piece)}
+
+
+class JsonRenderer:
+    """One JSON object per generated token, then one for the finish (OpenAI's names).
+
+    `logprob` is under the distribution the token was drawn from, `model_logprob`
+    under the softmax of the raw logits; in `top_logprobs` a `logprob` of null means
+    the candidate was cut from the sampled distribution.
+    """
+
+    def __init__(self, piece: Callable[[int], bytes], out: TextIO | None = None, n_top: int = 5):
+        self.out = out or sys.stdout
+        self.piece = piece
+        self.n_top = n_top
+        self.model_probs = True
+        self._tops: dict[int, dict] = {}
+
+    def _top(self, token: int) -> dict:
+        obj = self._tops.get(token)
+        if obj is None:
+            obj = token_object(token, self.piece(token))
+            self._tops[token] = obj
+        return obj
+
+    def token(self, event: TokenEvent) -> None:
+        obj = self.token_dict(event)
+        self.out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
+        self.out.flush()
+
+    def token_dict(self, event: TokenEvent) -> dict:
+        """The object written for one token (--each-line --json gathers them per line)."""
+        d = event.draw
+        obj = token_object(event.id, event.piece)
+        obj["logprob"] = _lp(d.logprob)
+        obj["model_logprob"] = _lp(d.model_logprob)
+        obj["top_logprobs"] = [
+            {**self._top(a.id), "logprob": _lp(a.logprob), "model_logprob": _lp(a.model_logprob)}
+            for a in d.top
+        ]
+        forced = getattr(event, "forced", None)
+        if forced is not None:  # a grammar refused the model's own draw
+            obj["forced"] = {
+                "wanted": self._top(forced.wanted),
+                "wanted_prob": forced.wanted_prob,
+            }
+        return obj
+
+    def finish(self, finish: Finish | None) -> None:
+        if finish is None:
+            self.out.flush()
+            return
+        self.out.write(json.dumps(finish_object(finish), ensure_ascii=False) + "\n")
+        self.out.flush()
+
+
+def finish_object(finish: Finish) -> dict:
+    """The closing JSON line of a generation, local or remote (unknown counts are null)."""
+    t = finish.timings
+    gen_tps = None
+    if finish.completion_tokens is not None and t.generation_s > 0:
+        gen_tps = round(finish.completion_tokens / t.generation_s, 3)
+    prompt_tps = t.prompt_tps()
+    obj = {
+        "finish_reason": finish.reason,
+        "usage": {
+            "prompt_tokens": finish.prompt_tokens,
+            "completion_tokens": finish.completion_tokens,
+        },
+        "timings": {
+            "load_s": round(t.load_s, 6),
+            "prompt_s": round(t.prompt_s, 6),
+            "ttft_s": round(t.ttft_s, 6),
+            "generation_s": round(t.generation_s, 6),
+            "prompt_tokens_evaluated": t.prompt_tokens_evaluated,
+            "prompt_tokens_per_s": None if prompt_tps is None else round(prompt_tps, 3),
+            "tokens_per_s": gen_tps,
+        },
+    }
+    if finish.stop is not None:
+        obj["stop"] = finish.stop
+    return obj
+
+
+# -- incremental painting of a whole text (score) -------------------------------------
+
+
+@dataclass
+class TextPainter:
+    """Paints a token stream (bytes, probability or None for unscored) as text,
+    joining tokens that split a UTF-8 character."""
+
+    out: TextIO
+    colour: bool
+
+    def __post_init__(self) -> None:
+        self._painter = _Painter(self.colour)
+        self._guard = Guard.for_stream(self.out, self.colour)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held: list[float] = []
+        self.last = ""
+
+    def add(self, piece: bytes, p: float | None) -> None:
+        text = self._decoder.decode(piece)
+        if p is not None:
+            self._held.append(p)
+        if not text:
+            return
+        shown = self._guard(text)
+        if self._held:
+            self.out.write(self._painter.paint(shown, self._held))
+        else:
+            self.out.write(self._painter.faint(shown))
+        self._held = []
+        self.last = text
+
+    def close(self) -> None:
+        text = self._decoder.decode(b"", final=True)
+        if text:
+            self.out.write(self._painter.paint(self._guard(text), self._held or [1.0]))
+            self.last = text
+        if self.last and not self.last.endswith("\n"):
+            self.out.write("\n")
+        self.out.flush()
+
+
+# -- next: bar charts of the next-token distribution -----------------------------------
+
+
+def _pad(text: str, width: int) -> str:
+    from rich.cells import cell_len
+
+    return text + " " * max(0, width - cell_len(text))
+
+
+def _fmt_t(t: float) -> str:
+    return f"{t:g}"
+
+
+class NextChart:
+    """The top candidates as horizontal bars, one column group per temperature."""
+
+    def __init__(self, piece: Callable[[int], bytes], out: TextIO | None = None):
+        self.out = out or sys.stdout
+        self.piece = piece
+        self._painter = _Painter(shows_colour())
+
+    def step(self, step: int, position: int | None, dist) -> None:
+        p = self._painter
+        temps = dist.temperatures
+        single = len(temps) == 1
+        names = [token_label(self.piece(c.id)) for c in dist.candidates]
+        w = min(24, max(8, *(len(n) for n in names)))
+        lines = []
+        if step:
+            lines.append("")
+        head = f"step {step + 1}{_after(position)}"
+        width = out_width(self.out)
+        room = None if width is None else width - (3 + 2 + w + 2 + 8 + 2)
+        if single:
+            t = temps[0]
+            head += f" · T={_fmt_t(t)}"
+            if dist.entropy_bits[0] is not None:  # None: unknown (a server's top-K only)
+                head += f" · entropy {dist.entropy_bits[0]:.3f} bits"
+            lines.append(p.faint(head))
+            lines.append(p.faint(f"{'#':>3}  {_pad('token', w)}  {'prob':>6}  {'logprob':>8}  cum"))
+            # the bar takes what the terminal leaves after the numbers, up to 30
+            bar_w = 30 if room is None else max(0, min(30, room - 17))
+            for i, (c, name) in enumerate(zip(dist.candidates, names, strict=True), 1):
+                q = c.probs[0]
+                lines.append(
+                    f"{i:>3}  {p.style(_pad(name, w), q)}  {q:6.4f}  {c.logprob:8.3f}  "
+                    f"{c.cumulative[0]:5.3f}  {p.style(bar(q, bar_w), q) if bar_w >= 4 else ''}"
+                )
+        else:
+            # one column per temperature, narrowed (bars first) to fit the terminal
+            col = 20 if room is None else max(11, min(20, room // len(temps)))
+            lines.append(p.faint(head))
+            lines.append(
+                p.faint(
+                    f"{'':>3}  {_pad('', w)}  {'':>8}  "
+                    + "".join(_pad(f"T={_fmt_t(t)}", col) for t in temps)
+                )
+            )
+            lines.append(
+                p.faint(
+                    f"{'':>3}  {_pad('entropy', w)}  {'':>8}  "
+                    + "".join(_pad(f"{h:.2f} bits", col) for h in dist.entropy_bits)
+                )
+            )
+            lines.append(
+                p.faint(
+                    f"{'#':>3}  {_pad('token', w)}  {'logprob':>8}  "
+                    + "".join(_pad("prob", col) for _ in temps)
+                )
+            )
+            for i, (c, name) in enumerate(zip(dist.candidates, names, strict=True), 1):
+                cells = [f"{i:>3}  {_pad(name, w)}  {c.logprob:8.3f}  "]
+                for q in c.probs:
+                    shown = p.style(bar(q, col - 8), q) if col - 8 >= 3 else _pad("", col - 8)
+                    cells.append(f"{q:6.4f} " + shown + " ")
+                lines.append("".join(cells).rstrip())
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+
+
+class NextJsonWriter:
+    """One JSON object per step: `temperatures`, `entropy_bits` (one per temperature)
+    and `top`, each candidate with `logprob` at temperature 1 and, per temperature,
+    `probs` and `cumulative`."""
+
+    def __init__(self, piece: Callable[[int], bytes], out: TextIO | None = None):
+        self.out = out or sys.stdout
+        self.piece = piece
+
+    def step(self, step: int, position: int, dist, masked=None) -> None:
+        obj = {
+            "step": step,
+            "position": position,
+            "temperatures": list(dist.temperatures),
+            "entropy_bits": list(dist.entropy_bits),
+            "top": self._top(dist),
+        }
+        if masked is not None:  # under a grammar: the distribution after its mask
+            obj["masked"] = {"entropy_bits": list(masked.entropy_bits), "top": self._top(masked)}
+        self.out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
+        self.out.flush()
+
+    def _top(self, dist) -> list[dict]:
+        return [
+            {
+                **token_object(c.id, self.piece(c.id)),
+                "logprob": _lp(c.logprob),  # a server's floor is log 0: null, as above
+                "probs": list(c.probs),
+                "cumulative": list(c.cumulative),
+            }
+            for c in dist.candidates
+        ]
+
+
+class NextMaskedChart:
+    """`next` under a grammar: the model's own top candidates and those of the masked
+    distribution side by side (first temperature), so what the format bends shows."""
+
+    def __init__(self, piece: Callable[[int], bytes], out: TextIO | None = None):
+        self.out = out or sys.stdout
+        self.piece = piece
+        self._painter = _Painter(shows_colour())
+
+    def _cells(self, c, w: int) -> str:
+        if c is None:
+            return " " * (w + 18)
+        q = c.probs[0]
+        name = _pad(token_label(self.piece(c.id)), w)
+        return f"{self._painter.style(name, q)} {q:6.4f} {self._painter.style(bar(q, 10), q)}"
+
+    def step(self, step: int, position: int, dist, masked) -> None:
+        p = self._painter
+        rows = max(len(dist.candidates), len(masked.candidates))
+        w = 14
+        t = _fmt_t(dist.temperatures[0])
+        lines = [""] if step else []
+        lines.append(p.faint(f"step {step + 1}{_after(position)} · T={t}"))
+        lines.append(
+            p.faint(f"{'#':>3}  {_pad('model', w + 18)}  │ {'under the grammar':<{w + 18}}")
+        )
+        allowed = {c.id for c in masked.candidates}
+        for i in range(rows):
+            left = dist.candidates[i] if i < len(dist.candidates) else None
+            right = masked.candidates[i] if i < len(masked.candidates) else None
+            mark = "✗" if left is not None and left.id not in allowed else " "
+            lines.append(
+                f"{i + 1:>3}  {self._cells(left, w)} {p.faint(mark)}│ {self._cells(right, w)}"
+            )
+        lines.append(p.faint("     ✗: forbidden by the grammar"))
+        self.out.write("\n".join(line.rstrip() for line in lines) + "\n")
+        self.out.flush()
+
+
+# -- score ------------------------------------------------------------------------------
+
+
+def score_text(
+    scores,
+    piece: Callable[[int], bytes],
+    worst: int,
+    skip: Callable[[int], bool] = lambda t: False,
+    out: TextIO | None = None,
+) -> None:
+    """The text coloured token by token, the least likely tokens, then the summary."""
+    out = out or sys.stdout
+    colour = shows_colour()
+    if colour:
+        legend()
+    painter = TextPainter(out, colour)
+    lps = scores.logprobs
+    for i, tok in enumerate(scores.tokens):
+        if skip(tok):  # BOS and the like: not text
+            continue
+        painter.add(piece(tok), None if i == 0 else math.exp(lps[i]))
+    painter.close()
+    p = painter._painter
+    lines = []
+    picks = scores.least_likely(worst)
+    if picks:
+        lines.append("")
+        lines.append(p.faint(f"least likely tokens (of {len(scores.scored)} scored):"))
+        names = {i: token_label(piece(scores.tokens[i])) for i in picks}
+        w = min(24, max(8, *(len(n) for n in names.values())))
+        lines.append(p.faint(f"{'pos':>6}  {_pad('token', w)}  {'prob':>7}  {'bits':>6}  expected"))
+        for i in picks:
+            q = math.exp(lps[i])
+            best = token_label(piece(int(scores.best_ids[i])))
+            bq = math.exp(scores.best_logprobs[i])
+            lines.append(
+                f"{i:>6}  {p.style(_pad(names[i], w), q)}  {fmt_prob(q):>7}  "
+                f"{-lps[i] / math.log(2):6.2f}  {best} {p.faint(fmt_prob(bq))}"
+            )
+    lines.append("")
+    lines.append(
+        fold(
+            f"perplexity {scores.perplexity():.3f} · mean surprisal "
+            f"{scores.mean_surprisal_bits():.3f} bits/token · {len(scores.scored)} tokens "
+            "scored (the first has no context)",
+            out_width(out),
+        )
+    )
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+
+
+def score_json(scores, piece: Callable[[int], bytes], worst: int, out: TextIO | None = None):
+    """JSON Lines: one object per token (`logprob` null for the first, which has no
+    context), then a summary with perplexity, mean surprisal and the least likely."""
+    out = out or sys.stdout
+    lps = scores.logprobs
+    write = out.write
+    for i, tok in enumerate(scores.tokens):
+        obj = token_object(tok, piece(tok))
+        if i == 0:
+            obj["logprob"] = None
+        else:
+            obj["logprob"] = float(lps[i])
+            obj["surprisal_bits"] = float(-lps[i] / math.log(2))
+            obj["expected"] = {
+                **token_object(int(scores.best_ids[i]), piece(int(scores.best_ids[i]))),
+                "logprob": float(scores.best_logprobs[i]),
+            }
+        write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
+    summary = {
+        "tokens": len(scores.tokens),
+        "scored_tokens": len(scores.scored),
+        "perplexity": scores.perplexity(),
+        "mean_surprisal_bits": scores.mean_surprisal_bits(),
+        "least_likely": [
+            {
+                "index": i,
+                **token_object(scores.tokens[i], piece(scores.tokens[i])),
+                "logprob": float(lps[i]),
+            }
+            for i in scores.least_likely(worst)
+        ],
+    }
+    write(json_safe(json.dumps(summary, ensure_ascii=False)) + "\n")
+    out.flush()
+
+
+def write_lines_json(
+    results, piece: Callable[[int], bytes], n_top: int, out: TextIO | None = None
+) -> None:
+    """--each-line --json (or --probs): one object per input line, in order: `line`
+    (1-based), `text`, `tokens` (each as one `generate --json` line), then the line's
+    finish_reason, usage and timings, or its `error`."""
+    out = out or sys.stdout
+    tokens = JsonRenderer(piece, out=out, n_top=n_top)
+    for r in results:  # batching.LineResult
+        listed = [tokens.token_dict(e) for e in r.events]
+        obj = {"line": r.index + 1, "text": r.text, "tokens": listed}
+        if r.error is not None:
+            obj["error"] = r.error
+        elif r.finish is not None:
+            obj.update(finish_object(r.finish))
+        out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
+        out.flush()
+
+
+def _after(position: int | None) -> str:
+    """Where a step is; a server that sent no token count leaves it unknown."""
+    return "" if position is None else f": after {position} tokens"
