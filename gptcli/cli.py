@@ -20,7 +20,7 @@ from gptcli.errors import ExitCode, GptcliError, Terminated
 
 
 def _error_line(message: str) -> None:
-    from gptcli.render.stream import print_error
+    from gptcli.console import print_error
 
     print_error(message)
 

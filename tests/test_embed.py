@@ -11,6 +11,7 @@ from conftest import clean_env, run_gptcli
 from test_anatomy import write_gguf
 from typer.testing import CliRunner
 
+from gptcli import paths
 from gptcli.cli import app
 from gptcli.inside import embeddings
 from gptcli.model.gguf_check import read_header
@@ -21,7 +22,7 @@ runner = CliRunner()
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
-    monkeypatch.setenv(embeddings.ENV_CACHE_DIR, str(folder))
+    monkeypatch.setenv(paths.ENV_CACHE_DIR, str(folder))
     return folder
 
 

@@ -10,7 +10,7 @@ def ignored_local_options(
     ctx: int, threads: int | None, gpu_layers: int | None, verbose: bool
 ) -> None:
     """Options that only shape a local run: say once that the server ignores them."""
-    from gptcli.render.stream import notice
+    from gptcli.console import notice
 
     given = {"--ctx": ctx, "--threads": threads, "--gpu-layers": gpu_layers, "--verbose": verbose}
     names = [name for name, value in given.items() if value]

@@ -59,7 +59,7 @@ def lacking(backend: Backend, capability: str, what: str) -> bool:
     """True (after the shared notice on stderr) when the backend lacks `capability`."""
     if getattr(backend.capabilities, capability):
         return False
-    from gptcli.render.stream import notice
+    from gptcli.console import notice
 
     notice(missing(backend, capability, what))
     return True

@@ -314,7 +314,7 @@ def run_lines(
 def report_failures(results: Iterable[LineResult]) -> Iterator[LineResult]:
     """Pass results through; a failed line gets one error line on stderr, and once all
     are through, a failure (non-zero exit) says how many lines failed."""
-    from gptcli.render.stream import print_error
+    from gptcli.console import print_error
 
     failed, total = 0, 0
     for r in results:

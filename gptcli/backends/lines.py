@@ -107,8 +107,8 @@ def report_failures(results: Iterable[tuple[str, str | None]]) -> Iterator[str]:
     """(text, error) per line to the texts; a failed line is one error line on stderr
     and an empty output line, and once all are through, a failure (non-zero exit)
     says how many lines failed."""
+    from gptcli.console import print_error
     from gptcli.errors import GptcliError
-    from gptcli.render.stream import print_error
 
     failed = total = 0
     for text, error in results:

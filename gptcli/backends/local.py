@@ -48,7 +48,7 @@ class LocalBackend(Backend):
         # Notices about the prompt's format are said once, not once per --each-line line.
         if message not in self._said:
             self._said.add(message)
-            from gptcli.render.stream import notice
+            from gptcli.console import notice
 
             notice(message)
 
@@ -144,8 +144,8 @@ class LocalBackend(Backend):
         temperatures,
         constraint=None,
     ) -> Iterator[NextStep]:
+        from gptcli.console import notice
         from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
-        from gptcli.render.stream import notice
         from gptcli.sampling.distribution import next_tokens
         from gptcli.sampling.sampler import check_logits
 
@@ -214,8 +214,8 @@ class LocalBackend(Backend):
         """The chat REPL on this model: the conversation stays in llama.cpp's KV cache."""
         from gptcli.chat.conversation import Conversation
         from gptcli.chat.repl import Repl
+        from gptcli.console import notice
         from gptcli.llama.prompt import chat_format
-        from gptcli.render.stream import notice
 
         engine = self.engine
         fmt = chat_format(engine)

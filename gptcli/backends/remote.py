@@ -98,7 +98,7 @@ class RemoteBackend(Backend):
 
     def once(self, message: str) -> None:
         """A notice on stderr, once per run (lines and steps share a backend)."""
-        from gptcli.render.stream import notice
+        from gptcli.console import notice
 
         with self._lock:
             if message in self._said:
@@ -156,7 +156,7 @@ class RemoteBackend(Backend):
         """n alternatives, or the most the server takes, with a notice."""
         cap = self.dialect.max_top_logprobs if n > 5 else None
         if cap is not None and n > cap:
-            from gptcli.render.stream import notice
+            from gptcli.console import notice
 
             notice(f"{self.dialect.name} gives at most {cap} alternatives per token: showing {cap}")
             return cap
@@ -303,8 +303,8 @@ class RemoteBackend(Backend):
     ) -> Iterator[NextStep]:
         """The top candidates at temperature 1 after `text`, for `steps` greedy steps,
         from one greedy completion with log probabilities."""
+        from gptcli.console import notice
         from gptcli.llama.prompt import messages_for
-        from gptcli.render.stream import notice
         from gptcli.sampling.distribution import Candidate, NextTokens
 
         if not text:
@@ -459,7 +459,7 @@ class RemoteBackend(Backend):
         """--stats for a remote run: what the client measured (no load; counts where known)."""
         from rich.text import Text
 
-        from gptcli.render.stream import stderr_console
+        from gptcli.console import stderr_console
 
         t = finish.timings
         n = finish.completion_tokens

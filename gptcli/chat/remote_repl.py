@@ -21,8 +21,8 @@ from gptcli.backends.generation import Finish
 from gptcli.backends.remote import NO_LOGPROBS, RemoteBackend
 from gptcli.chat.conversation import TRANSCRIPT_FORMAT, TRANSCRIPT_VERSION, Conversation, Prepared
 from gptcli.chat.repl import LastReply, Repl
+from gptcli.console import notice, stderr_console
 from gptcli.errors import UsageError
-from gptcli.render.stream import notice, stderr_console
 from gptcli.sampling.sampler import SamplingParams
 
 MODEL_PROBS = (

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from gptcli.backends.generation import Finish, Generation, TokenEvent
 from gptcli.chat.conversation import Conversation
+from gptcli.console import notice, print_error, stderr_console
 from gptcli.errors import ExitCode, GptcliError, UsageError
 from gptcli.llama.engine import Engine
-from gptcli.render.stream import notice, print_error, stderr_console
 from gptcli.sampling.sampler import Sampler, SamplingParams
 
 PROMPT = ">>> "

@@ -63,7 +63,7 @@ def _print_anatomy(a: Anatomy) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from gptcli.render.stream import stdout_console
+    from gptcli.console import stdout_console
 
     console = stdout_console()
     total = a.parameters
@@ -192,7 +192,7 @@ def _print_chips(tokens: list[dict], show_ids: bool) -> None:
     from rich.cells import cell_len
     from rich.text import Text
 
-    from gptcli.render.stream import pipe_width, stdout_console
+    from gptcli.console import pipe_width, stdout_console
     from gptcli.render.tokens import token_label
 
     console = stdout_console()
@@ -358,7 +358,7 @@ def _print_neighbours(s: _Space, queries, found, what: str, title: str, as_json:
         }
         typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
         return
-    from gptcli.render.stream import stdout_console
+    from gptcli.console import stdout_console
 
     console = stdout_console()
     if console.is_terminal:

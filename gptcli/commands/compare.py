@@ -122,7 +122,7 @@ class _Progress:
     """A bar per model on stderr for long texts; nothing off a terminal."""
 
     def __enter__(self):
-        from gptcli.render.stream import stderr_console
+        from gptcli.console import stderr_console
 
         self._bar = None
         self._tasks: dict[str, int] = {}

@@ -118,8 +118,9 @@ def generate(
         read_input,
         sampling_params,
     )
+    from gptcli.console import notice
     from gptcli.errors import Terminated
-    from gptcli.render.stream import TextRenderer, notice
+    from gptcli.render.stream import TextRenderer
 
     params = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     constraint = constraint_from(json_schema, output_format, grammar)  # before any loading

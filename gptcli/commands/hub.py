@@ -79,7 +79,7 @@ def list_models(
 def _print_server_models(url: str, timeout: float | None) -> None:
     """`gptcli list --server URL`: the ids of the server's models, one a line."""
     from gptcli.backends.remote import RemoteBackend
-    from gptcli.render.stream import notice
+    from gptcli.console import notice
 
     server = RemoteBackend(url, timeout=timeout)
     import sys
@@ -122,7 +122,7 @@ def rm(
 
 def _table(title: str, columns: list[str], rows: list[list[str]], empty: str) -> None:
     """A rich table on a terminal, tab-separated lines (with a header) when piped."""
-    from gptcli.render.stream import notice, stdout_console
+    from gptcli.console import notice, stdout_console
 
     console = stdout_console()
     if not rows:
@@ -164,7 +164,7 @@ def _print_remote(ref, variants, chosen) -> None:
         f"{ref.repo_id} has no GGUF model files",
     )
     if len(variants) > 1:  # choosing among quantizations: measure them on your own text
-        from gptcli.render.stream import notice
+        from gptcli.console import notice
 
         quants = [v.quant for v in variants if v.quant][:2]
         a, b = (f"{ref.repo_id}:{q}" for q in quants) if len(quants) == 2 else ("A", "B")

@@ -85,10 +85,10 @@ def lens(
     divergence to the final distribution. `--positions all` shows the grid. With
     --steer: the unsteered and steered lens side by side, and the layer from which the
     answer changes."""
+    from gptcli.console import notice
     from gptcli.inside import lens as L
     from gptcli.inside.unembedding import final_step
     from gptcli.render.inside import lens_grid, lens_json, lens_table
-    from gptcli.render.stream import notice
 
     engine, tokens = _prepare(
         prompt, model, chat, system, ctx, threads, gpu_layers, verbose, server, "lens"
@@ -132,8 +132,8 @@ def lens(
 
 
 def _track_id(engine, text: str) -> int:
+    from gptcli.console import notice
     from gptcli.errors import UsageError
-    from gptcli.render.stream import notice
 
     if text.startswith("#") and text[1:].isdigit():
         tid = int(text[1:])

@@ -67,8 +67,8 @@ def compare_next(engine, tokens: list[int], top: int, steps: int, temperatures):
     step evaluates the prefix twice (a prompt, not a generation: cheap)."""
     import numpy as np
 
+    from gptcli.console import notice
     from gptcli.render.steer import Compared, entropy_bits
-    from gptcli.render.stream import notice
     from gptcli.sampling.distribution import probs_at
     from gptcli.sampling.sampler import check_logits, top_k_ids
 
@@ -130,9 +130,9 @@ def next_steered(backend, text, chat, system, top, steps, temperatures, json_out
 def lens_steered(engine, step, tokens, picked, json_out, specs, layers):
     """`lens --steer`: the lens without and with the vector at the last picked position,
     and the layer from which the answer changes."""
+    from gptcli.console import notice
     from gptcli.inside import lens as L
     from gptcli.render.steer import lens_compared, lens_compared_json
-    from gptcli.render.stream import notice
 
     if len(picked) > 1:
         notice("with --steer the lens compares one position: the last one picked")
@@ -237,9 +237,9 @@ def make(
     import time
 
     from gptcli.commands.options import load_engine
+    from gptcli.console import notice, stderr_console
     from gptcli.errors import UsageError
     from gptcli.inside import steering as S
-    from gptcli.render.stream import notice, stderr_console
 
     if method not in S.METHODS:
         raise UsageError(f"--method must be mean or pca, got {method!r}")

@@ -21,26 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptcli.errors import GptcliError, UsageError
+from gptcli.paths import cache_root
 
 if TYPE_CHECKING:
     import numpy as np
 
     from gptcli.model.gguf_check import GGUFHeader
 
-ENV_CACHE_DIR = "GPTCLI_CACHE_DIR"
 EMBEDDING_TENSOR = "token_embd.weight"
 CACHE_FORMAT = 1  # bump when the files below change
 _FILES = ("matrix.npy", "norms.npy", "pieces.bin", "offsets.npy", "control.npy", "meta.json")
-
-
-def cache_root() -> Path:
-    """Where gptcli keeps what it derives from model files."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("gptcli"))
 
 
 def _cache_dir(model: Path) -> tuple[Path, str]:
@@ -286,7 +276,7 @@ def build(
     try:
         _write_atomically(folder, prefix, matrix, norms, pieces, offsets, control_arr, header, unk)
     except OSError as e:  # a read-only or full cache must not stop the command
-        from gptcli.render.stream import notice
+        from gptcli.console import notice
 
         notice(f"could not write the embedding cache in {folder.parent}: {e.strerror or e}")
     return EmbeddingSpace(matrix, norms, b"".join(pieces), offsets, control_arr, unk)

@@ -97,7 +97,7 @@ def dequantize(header: GGUFHeader, name: str) -> np.ndarray:
 
 def _cached_matrix(header: GGUFHeader, name: str) -> tuple[np.ndarray, bool]:
     """(the matrix, whether it had to be dequantized now)."""
-    from gptcli.inside.embeddings import cache_root
+    from gptcli.paths import cache_root
 
     path = header.path.resolve()
     st = path.stat()

@@ -31,7 +31,7 @@ TIMEOUT_S = 900  # a load that hangs this long is reported, not waited on foreve
 
 
 def _cache_file() -> Path:
-    from gptcli.inside.embeddings import cache_root  # the same cache directory as embeddings
+    from gptcli.paths import cache_root  # the same cache directory as embeddings
 
     return cache_root() / CACHE_NAME
 

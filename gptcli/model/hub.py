@@ -274,7 +274,7 @@ class _Progress:
             TransferSpeedColumn,
         )
 
-        from gptcli.render.stream import stderr_console
+        from gptcli.console import stderr_console
 
         console = stderr_console()
         self.progress = Progress(
@@ -321,7 +321,7 @@ class _Progress:
 
 
 def _notice(message: str) -> None:
-    from gptcli.render.stream import notice
+    from gptcli.console import notice
 
     notice(message)
 

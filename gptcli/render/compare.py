@@ -14,6 +14,7 @@ import sys
 from typing import TextIO
 
 from gptcli.backends.comparison import Compared, Summary
+from gptcli.console import shows_colour
 from gptcli.render.tokens import (
     DIM,
     _escapes,
@@ -21,7 +22,6 @@ from gptcli.render.tokens import (
     fmt_prob,
     fold,
     out_width,
-    shows_colour,
     token_label,
     token_object,
 )
@@ -54,7 +54,7 @@ def kl_legend() -> None:
     """The scale, on stderr, in its colours."""
     from rich.text import Text
 
-    from gptcli.render.stream import stderr_console
+    from gptcli.console import stderr_console
 
     line = Text("KL(A‖B) per token, bits:", style="dim")
     lo = 0.0
@@ -70,7 +70,7 @@ class _KlPainter:
     def __init__(self, colour: bool):
         self.colour = colour
         if colour:
-            from gptcli.render.stream import stdout_console
+            from gptcli.console import stdout_console
 
             console = stdout_console()
             self.bands = [_escapes(console, style) for _, _, style in KL_BANDS]

@@ -25,12 +25,12 @@ SHADES = " ░▒▓█"
 
 def _console():
     """stdout's console; a pipe gets COLUMNS when it is set, else PIPE_WIDTH."""
-    from gptcli.render.stream import stdout_console
+    from gptcli.console import stdout_console
 
     console = stdout_console()
     if console.is_terminal:
         return console
-    from gptcli.render.stream import make_console, pipe_width
+    from gptcli.console import make_console, pipe_width
 
     return make_console(width=pipe_width(PIPE_WIDTH), highlight=False, soft_wrap=True)
 
@@ -66,7 +66,7 @@ def spark(values, scale: float | None = None) -> str:
 
 
 def _notice(message: str) -> None:
-    from gptcli.render.stream import notice
+    from gptcli.console import notice
 
     notice(message)
 

@@ -8,69 +8,12 @@ FORCE_COLOR and pipes.
 from __future__ import annotations
 
 import sys
-from functools import cache
 from typing import TYPE_CHECKING
 
+from gptcli.console import stderr_console
+
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from gptcli.backends.generation import Finish, TokenEvent
-
-
-def make_console(**options) -> Console:
-    """A rich Console whose closed pipe ends gptcli with 141, as every other write does
-    (rich's own answer is exit 1)."""
-    from rich.console import Console
-
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:
-            raise BrokenPipeError  # the CLI turns it into exit 141, silently
-
-    return _Console(**options)
-
-
-@cache
-def _console(stderr: bool) -> Console:
-    return make_console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
-def stderr_console() -> Console:
-    return _console(True)
-
-
-def stdout_console() -> Console:
-    return _console(False)
-
-
-def pipe_width(default: int) -> int:
-    """The width of a table written to a pipe: COLUMNS when the user set it, else
-    `default` (a pipe has no width of its own)."""
-    import os
-
-    columns = os.environ.get("COLUMNS", "")
-    return int(columns) if columns.isdigit() and int(columns) > 0 else default
-
-
-def print_error(message: str) -> None:
-    """One line on stderr: `gptcli: error: ...`."""
-    console = stderr_console()
-    from rich.text import Text
-
-    from gptcli.terminal import safe
-
-    line = Text("gptcli: error: ", style="bold red")
-    # A message, not data: always one line, nothing in it a terminal acts on.
-    line.append(safe(message.replace("\n", " ")))
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def notice(message: str) -> None:
-    """A dim informational line on stderr."""
-    from rich.text import Text
-
-    from gptcli.terminal import safe
-
-    stderr_console().print(Text(safe(message), style="dim"), soft_wrap=True)
 
 
 class TextRenderer:
@@ -84,7 +27,7 @@ class TextRenderer:
         # Model or server text: escaped on a terminal, exact through a pipe.
         tty = is_terminal(self.out)
         if tty:
-            from gptcli.render.tokens import shows_colour
+            from gptcli.console import shows_colour
 
             self._guard = Guard(True, dim=shows_colour())
         else:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
+from gptcli.console import shows_colour
 from gptcli.terminal import Guard, json_safe
 
 if TYPE_CHECKING:
@@ -40,15 +41,6 @@ def band(p: float) -> int:
         if p >= lo:
             return i
     return len(BANDS) - 1
-
-
-def shows_colour(console: Console | None = None) -> bool:
-    """Whether stdout gets colour: rich decides (terminal, NO_COLOR, FORCE_COLOR)."""
-    if console is None:
-        from gptcli.render.stream import stdout_console
-
-        console = stdout_console()
-    return bool(console.is_terminal and not console.no_color and console.color_system)
 
 
 def _escapes(console: Console, style: str) -> tuple[str, str]:
@@ -129,7 +121,7 @@ class _Painter:
         self.colour = colour
         if colour:
             if console is None:
-                from gptcli.render.stream import stdout_console
+                from gptcli.console import stdout_console
 
                 console = stdout_console()
             if not shows_colour(console):  # colour asked for where rich would not give it
@@ -166,7 +158,7 @@ def legend(use_model_probs: bool = False) -> None:
     """The scale, on stderr, in its colours."""
     from rich.text import Text
 
-    from gptcli.render.stream import stderr_console
+    from gptcli.console import stderr_console
 
     kind = "model (softmax of the raw logits)" if use_model_probs else "sampled distribution"
     console = stderr_console()
