@@ -140,7 +140,7 @@ def test_array_element_type_recorded_for_callers(tiny_model):
 
 
 def _load_engine(path):
-    from gptcli.commands.options import load_engine
+    from gptcli.llama.load import load_engine
 
     return load_engine(str(path), 64, 1, 0, False)
 

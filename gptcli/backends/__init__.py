@@ -35,7 +35,7 @@ def open_backend(
         ignored_local_options(ctx, threads, gpu_layers, verbose)
         return RemoteBackend(server, model=model, timeout=timeout)
     from gptcli.backends.local import LocalBackend
-    from gptcli.commands.options import load_engine
+    from gptcli.llama.load import load_engine
 
     if timeout is not None:
         from gptcli.model.hub import set_timeout

@@ -61,7 +61,7 @@ def compare(
     text = read_text(file)
 
     from gptcli.backends.comparison import compare_models
-    from gptcli.commands.options import load_engine
+    from gptcli.llama.load import load_engine
 
     def open_model(ref: str):
         return lambda n_ctx: load_engine(ref, n_ctx, threads, gpu_layers, verbose)

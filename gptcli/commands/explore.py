@@ -70,9 +70,10 @@ def explore(
     """Walk the next-token distribution token by token: see every candidate with its
     probability, take another one, step back, branch, change the temperature and
     truncation and watch the bars move. `?` in the app lists the keys."""
-    from gptcli.commands.options import load_engine, sampling_params
+    from gptcli.commands.options import sampling_params
     from gptcli.errors import UsageError
     from gptcli.explorer.tree import TreeFileError
+    from gptcli.llama.load import load_engine
 
     if raw and chat:
         raise UsageError("--raw and --chat exclude each other")

@@ -26,8 +26,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout, for scrip
 
 def _prepare(prompt, model, chat, system, ctx, threads, gpu_layers, verbose, server, what):
     """The engine and the prompt's tokens; a server cannot show its internals."""
-    from gptcli.commands.options import load_engine, read_input
+    from gptcli.commands.options import read_input
     from gptcli.errors import UsageError
+    from gptcli.llama.load import load_engine
     from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
 
     if server:

@@ -170,32 +170,6 @@ def check_max_tokens(max_tokens: int | None) -> None:
         raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
 
 
-def load_engine(
-    model: str | None, ctx: int, threads: int | None, gpu_layers: int | None, verbose: bool
-):
-    """Resolve -m, check the file, and load it into llama.cpp."""
-    from gptcli.llama.engine import Engine, EngineOptions
-    from gptcli.model import resolve as models
-
-    if ctx < 0:
-        raise UsageError(f"--ctx must be 0 (the model's) or more, got {ctx}")
-    from gptcli.limits import MAX_THREADS
-
-    if threads is not None and not 1 <= threads <= MAX_THREADS:
-        raise UsageError(f"--threads must be from 1 to {MAX_THREADS}, got {threads}")
-    ref = models.resolve(model)
-    from gptcli.llama.loadcheck import check_first_load
-    from gptcli.model.gguf_check import read_header
-
-    header = read_header(ref.path)  # a refused file is refused before any child starts
-    check_first_load(ref.path, gpu_layers, verbose)  # an abort ends a child, not us
-    return Engine(
-        ref.path,
-        EngineOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose),
-        header=header,
-    )
-
-
 def read_input(prompt: str | None, *, required: bool = True) -> str:
     """The prompt argument and, when stdin is not a terminal, stdin's text after a
     blank line (or stdin alone)."""

@@ -236,10 +236,10 @@ def make(
     llama-server load it with --control-vector-scaled)."""
     import time
 
-    from gptcli.commands.options import load_engine
     from gptcli.console import notice, stderr_console
     from gptcli.errors import UsageError
     from gptcli.inside import steering as S
+    from gptcli.llama.load import load_engine
 
     if method not in S.METHODS:
         raise UsageError(f"--method must be mean or pca, got {method!r}")
@@ -318,9 +318,10 @@ def sweep(
     """One greedy continuation of PROMPT per scale of the vector, a line each."""
     from gptcli.backends.base import Request, collect_text
     from gptcli.backends.local import LocalBackend
-    from gptcli.commands.options import load_engine, read_input
+    from gptcli.commands.options import read_input
     from gptcli.errors import UsageError
     from gptcli.inside import steering as S
+    from gptcli.llama.load import load_engine
     from gptcli.render.steer import sweep_line
     from gptcli.sampling.sampler import SamplingParams
 
