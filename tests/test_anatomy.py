@@ -11,8 +11,8 @@ from support.tinymodel import TinyShape, tensor_shapes
 from typer.testing import CliRunner
 
 from gptcli.cli import app
-from gptcli.model.anatomy import FILE_TYPE_NAMES, TYPE_NAMES, read_anatomy
-from gptcli.model.gguf_check import read_header
+from gptcli.model.anatomy import read_anatomy
+from gptcli.model.gguf_check import FILE_TYPE_NAMES, TYPE_NAMES, read_header
 
 runner = CliRunner()
 

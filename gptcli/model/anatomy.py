@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gptcli.errors import GptcliError
-from gptcli.model.gguf_check import GGUFHeader, TensorInfo, read_header
+from gptcli.model.gguf_check import GGUFHeader, TensorInfo, _file_type_name, read_header, type_name
 
 # (kind, label) in the order the explanation walks through a transformer.
 KINDS: list[tuple[str, str]] = [
@@ -196,36 +196,6 @@ def tally(tensors: list[TensorInfo]) -> list[Group]:
             )
         )
     return groups
-
-
-# Names of GGUF tensor types and file types (gguf.constants GGMLQuantizationType and
-# LlamaFileType), kept here so `inspect` need not import gguf (0.2 s): it must be fast.
-TYPE_NAMES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
-    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
-    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
-    23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
-    30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4", 41: "Q1_0", 42: "Q2_0",
-}  # fmt: skip
-FILE_TYPE_NAMES = {
-    0: "ALL_F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
-    10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
-    16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S",
-    22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M",
-    28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
-    37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0", 1024: "GUESSED",
-}  # fmt: skip
-
-
-def type_name(ttype: int) -> str:
-    return TYPE_NAMES.get(ttype, f"type {ttype}")
-
-
-def _file_type_name(header: GGUFHeader) -> str | None:
-    ft = header.get("general.file_type")
-    if not isinstance(ft, int) or isinstance(ft, bool):
-        return None
-    return FILE_TYPE_NAMES.get(ft, f"type {ft}")
 
 
 def _int_or_list(value: object) -> int | list[int] | None:

@@ -44,7 +44,7 @@ def quantization(header: GGUFHeader) -> str | None:
     _, quant = _stem(header)
     if quant:
         return quant
-    from gptcli.model.anatomy import _file_type_name
+    from gptcli.model.gguf_check import _file_type_name
 
     name = _file_type_name(header)
     return name.split()[-1] if name else None
