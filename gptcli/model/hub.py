@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gptcli.errors import GptcliError, UsageError
 from gptcli.limits import HUB_TIMEOUT_S, MAX_HUB_FILES, MAX_TIMEOUT_S
@@ -44,9 +43,6 @@ from gptcli.model.refs import (
     is_sha256,
     parse_ref,
 )
-
-if TYPE_CHECKING:
-    from gptcli.model.resolve import ModelRef
 
 _CHUNK = 1 << 20
 # Retries of our own around huggingface_hub's, for errors it does not retry (a reset).
@@ -658,10 +654,8 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 # --------------------------------------------------------------------------- for model/resolve.py
 
 
-def resolve(ref: HubRef, source: str, label: str | None = None) -> ModelRef:
-    """`-m REF`: the cached file, else pull it first (progress on stderr)."""
-    from gptcli.model.resolve import ModelRef
-
+def cached_or_pulled(ref: HubRef, label: str | None = None) -> LocalModel:
+    """`-m REF`: the cached model, else pull it first (progress on stderr)."""
     label = label or str(ref)
     cached = find_cached(ref)
     if cached is None:
@@ -674,7 +668,7 @@ def resolve(ref: HubRef, source: str, label: str | None = None) -> ModelRef:
         pulled = pull(ref, label=label)
         announce(pulled)
         cached = pulled.model
-    return ModelRef(path=cached.path, source=source, name=cached.name)
+    return cached
 
 
 def announce(pulled: Pulled) -> None:

