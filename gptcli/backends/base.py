@@ -153,13 +153,6 @@ class Backend:
             return (work(line) for line in lines)
         return ordered(lines, work, jobs)
 
-    def run_chat(
-        self, params, *, system, saved, resume, max_tokens, stops, interactive, constraint=None
-    ) -> int:
-        """`gptcli chat` on this backend: the REPL until the user ends it; its exit code.
-        `constraint` (constraints.Constraint): every reply must match it."""
-        raise NotImplementedError
-
     def print_stats(self, finish) -> None:
         from gptcli.render.stream import print_stats
 

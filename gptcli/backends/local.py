@@ -91,10 +91,10 @@ class LocalBackend(Backend):
             list(request.stops) + stops,
             n_top=request.n_top,
             model_probs=request.model_probs,
-            grammar=self._grammar(request.constraint),
+            grammar=self.grammar_for(request.constraint),
         )
 
-    def _grammar(self, constraint):
+    def grammar_for(self, constraint):
         """The constraint's grammar, parsed once per backend and rewound for each start."""
         if constraint is None:
             return None
@@ -165,7 +165,7 @@ class LocalBackend(Backend):
             tokens = [bos]
             piece = engine.piece(bos).decode("utf-8", errors="replace")
             notice(f"empty prompt: showing what follows the BOS token {piece}")
-        grammar = self._grammar(constraint)
+        grammar = self.grammar_for(constraint)
         logits = engine.prefill(tokens)
         for step in range(steps):
             check_logits(logits, len(tokens))  # no NaN shown as a probability
@@ -207,47 +207,6 @@ class LocalBackend(Backend):
         from gptcli.llama.prompt import raw_prompt
 
         return raw_prompt(self.engine, text)
-
-    def run_chat(
-        self, params, *, system, saved, resume, max_tokens, stops, interactive, constraint=None
-    ) -> int:
-        """The chat REPL on this model: the conversation stays in llama.cpp's KV cache."""
-        from gptcli.chat.conversation import Conversation
-        from gptcli.chat.repl import Repl
-        from gptcli.console import notice
-        from gptcli.llama.prompt import chat_format
-
-        engine = self.engine
-        fmt = chat_format(engine)
-        if fmt.template is None:
-            from gptcli.llama.template import PLAIN_NOTICE
-
-            notice(PLAIN_NOTICE)
-        conversation = Conversation(engine, fmt, system or None)
-        if saved is not None:
-            saved_system, conversation.messages = saved
-            if system and saved_system and system != saved_system:
-                notice("(--system replaces the resumed conversation's system prompt)")
-            conversation.system = system or saved_system
-        conversation.check_template()  # a hostile or broken template stops here
-        repl = Repl(
-            engine,
-            conversation,
-            params,
-            max_tokens=max_tokens,
-            stops=list(stops) + list(fmt.stops),
-            interactive=interactive,
-        )
-        repl.grammar = self._grammar(constraint)
-        if interactive:
-            notice(
-                f"{engine.name} · context {engine.n_ctx} tokens · "
-                "/help for commands, Ctrl-D to quit"
-            )
-            if saved is not None:
-                notice(f"(resumed {conversation.turns} turns from {resume})")
-                repl.replay()
-        return repl.run()
 
     def close(self) -> None:
         self.engine.close()

@@ -276,26 +276,6 @@ class RemoteBackend(Backend):
         results = (work(line) for line in lines) if jobs == 1 else ordered(lines, work, jobs)
         return report_failures(results)
 
-    def run_chat(
-        self, params, *, system, saved, resume, max_tokens, stops, interactive, constraint=None
-    ) -> int:
-        """The chat REPL, its conversation sent as messages (the server's template)."""
-        from gptcli.chat.remote_repl import run_remote_chat
-
-        if constraint is not None:
-            raise UsageError(f"chat {constraint.option} runs on a local model only (no --server)")
-
-        return run_remote_chat(
-            self,
-            params,
-            system=system,
-            saved=saved,
-            resume=resume,
-            max_tokens=max_tokens,
-            stops=stops,
-            interactive=interactive,
-        )
-
     # -- next, score, tokenize -------------------------------------------------------------
 
     def next_steps(

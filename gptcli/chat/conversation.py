@@ -176,6 +176,35 @@ class Conversation:
             raise
 
 
+@dataclass
+class RemoteConversation(Conversation):
+    """A conversation whose prompt the server builds: messages only, no tokens."""
+
+    engine: None = None
+    fmt: None = None
+    model_name: str = ""
+
+    def check_template(self) -> None:
+        """The template is the server's: nothing to check here."""
+
+    def prepare(self, user_text: str, reserve: int = 0) -> Prepared:
+        self.messages = self.messages + [{"role": "user", "content": user_text}]
+        return Prepared([], "", 0)
+
+    def add_reply(self, prepared: Prepared, text: str, tokens: list[int]) -> None:
+        self.messages.append({"role": "assistant", "content": text})
+
+    def to_json(self) -> dict:
+        # The same transcript as a local session: /load it locally, or the reverse.
+        return {
+            "format": TRANSCRIPT_FORMAT,
+            "version": TRANSCRIPT_VERSION,
+            "model": self.model_name,
+            "system": self.system,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in self.messages],
+        }
+
+
 def read_transcript(path: str | Path) -> tuple[str | None, list[dict]]:
     """Read and validate a transcript: (system prompt, messages)."""
     p = Path(path).expanduser()

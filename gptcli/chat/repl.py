@@ -1,6 +1,9 @@
 """The chat REPL: read a line (or a \"\"\" block), run a slash command or stream a
 reply, repeat. Interactive on a terminal (readline editing and history); with
 piped stdin, each line is a user turn and each reply is printed.
+
+One loop for every backend: what differs between a local model and a server is the
+`session.ChatSession` it talks to.
 """
 
 from __future__ import annotations
@@ -9,19 +12,22 @@ import dataclasses
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from gptcli.backends.generation import Finish, Generation, TokenEvent
-from gptcli.chat.conversation import Conversation
+from gptcli.backends.base import Backend
+from gptcli.backends.constraints import Constraint
+from gptcli.backends.generation import Finish, TokenEvent
+from gptcli.backends.remote import NO_LOGPROBS
+from gptcli.chat.session import MODEL_PROBS, ChatSession, LastReply, open_session
 from gptcli.console import notice, print_error, stderr_console
 from gptcli.errors import ExitCode, GptcliError, UsageError
-from gptcli.llama.engine import Engine
-from gptcli.sampling.sampler import Sampler, SamplingParams
+from gptcli.render.stream import TextRenderer
+from gptcli.render.tokens import ProbsRenderer, legend
+from gptcli.sampling.sampler import SamplingParams
+from gptcli.terminal import Guard, is_terminal
 
 PROMPT = ">>> "
 CONTINUATION = "... "
 BLOCK = '"""'
-DEFAULT_RESERVE = 256  # room kept for a reply when -n is not set
 
 HELP = """\
 Type a message and press Enter. For several lines, start with \"\"\" and end with \"\"\".
@@ -59,34 +65,25 @@ def sampling_summary(p, max_tokens: int | None) -> str:
     )
 
 
-@dataclass
-class LastReply:
-    finish: Finish
-    prompt_tokens: int
-    context_used: int
-
-
 class Repl:
-    """One chat session on a loaded engine."""
+    """The chat loop over one session (local or remote)."""
 
     def __init__(
         self,
-        engine: Engine,
-        conversation: Conversation,
+        session: ChatSession,
         params: SamplingParams,
         *,
         max_tokens: int | None = None,
         stops: list[str] | None = None,
         interactive: bool = True,
     ):
-        self.engine = engine
-        self.conversation = conversation
+        self.session = session
+        self.conversation = session.conversation
         self.params = params.validate()
-        self.sampler = self._make_sampler(self.params)
+        session.set_params(self.params)
         self.max_tokens = max_tokens
         self.stops = list(stops or [])
         self.interactive = interactive
-        self.grammar = None  # engine.Grammar every reply must match (--json-schema ...)
         self.probs = False
         self.last: LastReply | None = None
         self.exit_code = ExitCode.OK
@@ -251,80 +248,75 @@ class Repl:
 
     def _renderer(self):
         if self.probs:
-            from gptcli.render.tokens import ProbsRenderer
-
-            return ProbsRenderer()
-        from gptcli.render.stream import TextRenderer
-
+            return ProbsRenderer(use_model_probs=self.session.only_model_probs)
         return TextRenderer()
 
     def reply(self, text: str) -> None:
-        engine, conv = self.engine, self.conversation
-        reserve = self.max_tokens or min(DEFAULT_RESERVE, engine.n_ctx // 4)
-        prepared = conv.prepare(text, reserve)  # on error the conversation is unchanged
-        if prepared.dropped_turns:
-            n = prepared.dropped_turns
-            notice(
-                f"(context full: dropped the oldest {n} turn{'s' if n > 1 else ''} "
-                "to make room; the system prompt stays)"
-            )
-        if not self.interactive and self._replies:
-            sys.stdout.write("\n")  # a blank line between replies
+        session, conv = self.session, self.conversation
         renderer = self._renderer()
-        if self.grammar is not None:
-            self.grammar.reset()  # each reply is one document of its own
-        generation = Generation(
-            engine,
-            prepared.tokens,
-            self.sampler,
-            self.max_tokens,
-            self.stops,
+        turn = session.start(  # on error the conversation is unchanged
+            text,
+            max_tokens=self.max_tokens,
+            stops=self.stops,
             n_top=getattr(renderer, "n_top", 0),
             model_probs=getattr(renderer, "model_probs", False),
-            grammar=self.grammar,
+            probs=self.probs,
         )
+        # A blank line between piped replies, written with the first text: a reply that
+        # fails before any leaves no empty reply behind.
+        separate = not self.interactive and self._replies > 0
         released: list[str] = []
         finish: Finish | None = None
+        warned = False
         try:
-            for event in generation:
-                if isinstance(event, TokenEvent):
-                    renderer.token(event)
-                    released.append(event.text)
-                else:
+            for event in turn.reply:
+                if not isinstance(event, TokenEvent):
                     finish = event
+                    continue
+                if self.probs and session.only_model_probs and event.draw.model_logprob is None:
+                    if not warned:  # no numbers to colour by: plain text, none invented
+                        warned = True
+                        notice(NO_LOGPROBS.format(what="printing the text without them"))
+                        renderer = TextRenderer()
+                if separate:
+                    separate = False
+                    sys.stdout.write("\n")
+                renderer.token(event)
+                released.append(event.text)
         except KeyboardInterrupt:
             renderer.finish(None)
-            finish = generation.finish("interrupted")
+            finish = turn.reply.finish("interrupted")
         except BaseException:
             renderer.finish(None)  # e.g. non-finite logits: the partial line ends whole
+            if released:
+                self._replies += 1  # the next reply is set apart from this part
+            session.failed(turn, released)
             conv.discard_last_user()
             raise
         else:
+            if separate and finish.text:
+                sys.stdout.write("\n")
             renderer.finish(finish)
             released.append(finish.text)
         self._replies += 1
-        reply_text = "".join(released)
-        if finish.reason == "interrupted" and not generation.tokens:
+        began = session.began(turn, released)
+        if finish.reason == "interrupted" and not began:
             conv.discard_last_user()
             notice("(stopped before the reply began; the message was dropped)")
         else:
-            conv.add_reply(prepared, reply_text, generation.tokens)
-        used = len(prepared.tokens) + len(generation.tokens)
-        self.last = LastReply(finish, len(prepared.tokens), used)
-        if finish.reason == "interrupted" and generation.tokens:
+            conv.add_reply(turn.prepared, "".join(released), session.tokens(turn))
+        self.last = session.last_reply(turn, finish)
+        if finish.reason == "interrupted" and began:
             notice("(stopped: the partial reply stays in the conversation; /undo drops it)")
         elif finish.reason == "context":
-            notice(
-                f"(the reply stopped: the context is full, {engine.n_ctx} tokens; the oldest "
-                "turns will be dropped to make room for the next; --ctx raises the limit)"
-            )
+            notice(session.context_note())
         elif finish.reason == "length":
-            notice(f"(the reply reached the limit of {self.max_tokens} tokens; /max-tokens)")
+            if self.max_tokens:
+                notice(f"(the reply reached the limit of {self.max_tokens} tokens; /max-tokens)")
+            else:
+                notice("(the reply stopped at the server's length limit: its context is full?)")
         if self.interactive:
-            notice(
-                f"[{engine.name} · {used}/{engine.n_ctx} tokens · "
-                f"{finish.generation_tps():.0f} tokens/s]"
-            )
+            notice(session.status(self.last))
 
     # -- slash commands ---------------------------------------------------------
 
@@ -338,19 +330,13 @@ class Repl:
     def info(self, text: str) -> None:
         """Output a command was asked for: on a terminal, stdout; when stdout is a pipe or
         a file, stderr, since only the replies are content there."""
-        from gptcli.terminal import Guard, is_terminal
-
         out = sys.stdout if is_terminal(sys.stdout) else sys.stderr
         text = Guard(is_terminal(out))(text)  # may quote the conversation: model text
         out.write(text if text.endswith("\n") else text + "\n")
         out.flush()
 
     def cmd_steer(self, arg: str) -> None:
-        if not hasattr(self.engine, "set_steering"):  # a server: no residual stream to add to
-            raise UsageError("/steer needs a local model: a server does not take control vectors")
-        from gptcli.inside.steering import chat_steer
-
-        notice(chat_steer(self.engine, arg))
+        notice(self.session.steer(arg))
 
     def cmd_help(self, arg: str) -> None:
         self.info(HELP)
@@ -411,11 +397,7 @@ class Repl:
     def _set_params(self, params: SamplingParams) -> None:
         params.validate()  # raises UsageError; the old settings stay
         self.params = params
-        self.sampler = self._make_sampler(params)
-
-    def _make_sampler(self, params: SamplingParams) -> Sampler | None:
-        # A remote session (remote_repl.RemoteRepl) samples on the server: no Sampler.
-        return Sampler(params, self.engine.n_vocab)
+        self.session.set_params(params)
 
     def cmd_seed(self, arg: str) -> None:
         if not arg:
@@ -455,34 +437,17 @@ class Repl:
             raise UsageError(f"/probs takes 'on' or 'off', got {arg!r}" if arg else "/probs on|off")
         self.probs = choice == "on"
         if self.probs:
-            from gptcli.render.tokens import legend
-
-            legend()
+            if self.session.only_model_probs:
+                notice(f"({MODEL_PROBS})")
+            legend(use_model_probs=self.session.only_model_probs)
         else:
             notice("(probabilities off)")
 
     def cmd_stats(self, arg: str) -> None:
         from rich.text import Text
 
-        engine, conv = self.engine, self.conversation
-        lines = [f"model       {engine.name}"]
-        last = self.last
-        if last is None:
-            lines.append(f"context     0 / {engine.n_ctx} tokens")
-            lines.append("last reply  none yet")
-        else:
-            f, t = last.finish, last.finish.timings
-            reused = last.prompt_tokens - t.prompt_tokens_evaluated
-            lines += [
-                f"context     {last.context_used} / {engine.n_ctx} tokens, {conv.turns} "
-                f"turn{'' if conv.turns == 1 else 's'}",
-                f"prompt      {last.prompt_tokens} tokens, {t.prompt_tokens_evaluated} "
-                f"evaluated, {reused} reused from the cache, in {t.prompt_s:.3f} s",
-                f"reply       {f.completion_tokens} tokens in {t.generation_s:.3f} s, "
-                f"{f.generation_tps():.1f} tokens/s, first token after {t.ttft_s:.3f} s",
-                f"finish      {f.reason}",
-            ]
-        lines.append(sampling_summary(self.params, self.max_tokens))
+        lines = self.session.stats(self.last)
+        lines.append(sampling_summary(self.params, self.max_tokens) + self.session.sampling_note)
         console = stderr_console()
         for line in lines:
             console.print(Text(line, style="dim"), soft_wrap=True)
@@ -505,3 +470,29 @@ class Repl:
         """Show a resumed conversation, so the user sees where it left off."""
         if self.conversation.messages:
             self.cmd_history("")
+
+
+def run_chat(
+    backend: Backend,
+    params: SamplingParams,
+    *,
+    system: str | None,
+    saved: tuple[str | None, list[dict]] | None,
+    resume: str | None,
+    max_tokens: int | None,
+    stops: list[str],
+    interactive: bool,
+    constraint: Constraint | None = None,
+) -> int:
+    """`gptcli chat`: open the session for this backend, then run the REPL until the
+    user ends it; its exit code."""
+    session, stops = open_session(
+        backend, system=system, saved=saved, stops=stops, constraint=constraint
+    )
+    repl = Repl(session, params, max_tokens=max_tokens, stops=stops, interactive=interactive)
+    if interactive:
+        notice(session.banner())
+        if saved is not None:
+            notice(f"(resumed {repl.conversation.turns} turns from {resume})")
+            repl.replay()
+    return repl.run()

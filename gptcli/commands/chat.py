@@ -68,6 +68,7 @@ def chat(
     """
     from gptcli.backends import open_backend
     from gptcli.chat.conversation import read_transcript
+    from gptcli.chat.repl import run_chat
     from gptcli.commands.options import check_max_tokens, constraint_from, sampling_params
 
     params = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
@@ -81,7 +82,8 @@ def chat(
 
         apply_steer(backend, steer, steer_layers)
     try:
-        code = backend.run_chat(
+        code = run_chat(
+            backend,
             params,
             system=system,
             saved=saved,
@@ -89,7 +91,7 @@ def chat(
             max_tokens=max_tokens,
             stops=list(stop or []),
             interactive=interactive,
-            **({"constraint": constraint} if constraint is not None else {}),
+            constraint=constraint,
         )
     finally:
         backend.close()
