@@ -5,11 +5,14 @@ A command builds a `Request`, asks its backend to `start` it and hands the event
 `tokenize` are the other questions a command asks. What a backend cannot answer
 is declared in `Capabilities`; a command that needs one calls `require` (an
 error) or `lacking` (a notice, then a degraded answer), so the wording lives here.
+
+A backend prints nothing: what it has to say goes to its `notify` and `report_error`
+hooks, which the command that opened it points at the console.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 
 from gptcli.errors import GptcliError
@@ -59,9 +62,7 @@ def lacking(backend: Backend, capability: str, what: str) -> bool:
     """True (after the shared notice on stderr) when the backend lacks `capability`."""
     if getattr(backend.capabilities, capability):
         return False
-    from gptcli.console import notice
-
-    notice(missing(backend, capability, what))
+    backend.notify(missing(backend, capability, what))
     return True
 
 
@@ -91,8 +92,16 @@ class NextStep:
     masked: object | None = None  # the same under a constraint's grammar (None: no constraint)
 
 
+def silent(message: str) -> None:
+    """Where a backend's notices go until its user points them somewhere."""
+
+
 class Backend:
     """A model that runs somewhere: locally on llama.cpp, or behind an HTTP server."""
+
+    notify: Callable[[str], None] = staticmethod(silent)  # a notice (open_backend: stderr)
+    report_error: Callable[[str], None] = staticmethod(silent)  # an error that does not stop
+    location: str | None = None  # where it runs, for --stats: None here, else the server's URL
 
     label: str = "the backend"  # "the local model", "the server at http://..."
     name: str = ""  # the model's name, for the chat banner
@@ -152,11 +161,6 @@ class Backend:
         if jobs == 1:
             return (work(line) for line in lines)
         return ordered(lines, work, jobs)
-
-    def print_stats(self, finish) -> None:
-        from gptcli.render.stream import print_stats
-
-        print_stats(finish)
 
     def close(self) -> None:
         """Free what the backend holds."""

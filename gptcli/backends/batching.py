@@ -311,17 +311,17 @@ def run_lines(
         batcher.close()
 
 
-def report_failures(results: Iterable[LineResult]) -> Iterator[LineResult]:
-    """Pass results through; a failed line gets one error line on stderr, and once all
-    are through, a failure (non-zero exit) says how many lines failed."""
-    from gptcli.console import print_error
-
+def report_failures(
+    results: Iterable[LineResult], report_error: Callable[[str], None]
+) -> Iterator[LineResult]:
+    """Pass results through; a failed line is reported (one error line on stderr), and
+    once all are through, a failure (non-zero exit) says how many lines failed."""
     failed, total = 0, 0
     for r in results:
         total += 1
         if r.error is not None:
             failed += 1
-            print_error(f"line {r.index + 1}: {r.error}")
+            report_error(f"line {r.index + 1}: {r.error}")
         yield r
     if failed:
         raise GptcliError(f"{failed} of {total} lines failed (their output lines are empty)")

@@ -92,22 +92,12 @@ def ordered(items: Iterable[str], work: Callable[[str], str], jobs: int) -> Iter
             lock.notify_all()
 
 
-def print_in_order(texts: Iterable[str]) -> None:
-    from gptcli.terminal import Guard, is_terminal
-
-    out = sys.stdout
-    guard = Guard(is_terminal(out))  # model or server text: escaped on a terminal
-    for text in texts:
-        # One output line per input line: a reply's own line breaks are written as \n.
-        out.write(guard(text.strip("\n").replace("\n", "\\n")) + "\n")
-        out.flush()
-
-
-def report_failures(results: Iterable[tuple[str, str | None]]) -> Iterator[str]:
-    """(text, error) per line to the texts; a failed line is one error line on stderr
-    and an empty output line, and once all are through, a failure (non-zero exit)
-    says how many lines failed."""
-    from gptcli.console import print_error
+def report_failures(
+    results: Iterable[tuple[str, str | None]], report_error: Callable[[str], None]
+) -> Iterator[str]:
+    """(text, error) per line to the texts; a failed line is reported (one error line on
+    stderr) and gives an empty output line, and once all are through, a failure (non-zero
+    exit) says how many lines failed."""
     from gptcli.errors import GptcliError
 
     failed = total = 0
@@ -115,7 +105,7 @@ def report_failures(results: Iterable[tuple[str, str | None]]) -> Iterator[str]:
         total += 1
         if error is not None:
             failed += 1
-            print_error(f"line {total}: {error}")
+            report_error(f"line {total}: {error}")
         yield text
     if failed:
         raise GptcliError(f"{failed} of {total} lines failed (their output lines are empty)")

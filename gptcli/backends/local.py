@@ -48,9 +48,7 @@ class LocalBackend(Backend):
         # Notices about the prompt's format are said once, not once per --each-line line.
         if message not in self._said:
             self._said.add(message)
-            from gptcli.console import notice
-
-            notice(message)
+            self.notify(message)
 
     def prompt_tokens(self, request: Request) -> tuple[list[int], list[str]]:
         """The prompt's tokens and the stop strings its format adds."""
@@ -124,7 +122,8 @@ class LocalBackend(Backend):
             model_probs=request.model_probs,
             keep_events=bool(request.n_top or request.model_probs),
         )
-        return report_failures(run_lines(self.engine, lines, jobs, prompt_for, settings))
+        results = run_lines(self.engine, lines, jobs, prompt_for, settings)
+        return report_failures(results, self.report_error)
 
     def each_line(self, lines, prefix: str | None, request: Request, jobs: int):
         if request.constraint is not None:  # a grammar sampler follows one sequence
@@ -144,7 +143,6 @@ class LocalBackend(Backend):
         temperatures,
         constraint=None,
     ) -> Iterator[NextStep]:
-        from gptcli.console import notice
         from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
         from gptcli.sampling.distribution import next_tokens
         from gptcli.sampling.sampler import check_logits
@@ -156,7 +154,7 @@ class LocalBackend(Backend):
             tokens = chat_prompt(engine, messages_for(text, system))
         else:
             if system:
-                notice("--system is ignored without --chat")
+                self.notify("--system is ignored without --chat")
             tokens = raw_prompt(engine, text)
         if not tokens:
             bos = engine.bos_id
@@ -164,7 +162,7 @@ class LocalBackend(Backend):
                 raise UsageError("the prompt tokenizes to nothing and the model has no BOS token")
             tokens = [bos]
             piece = engine.piece(bos).decode("utf-8", errors="replace")
-            notice(f"empty prompt: showing what follows the BOS token {piece}")
+            self.notify(f"empty prompt: showing what follows the BOS token {piece}")
         grammar = self.grammar_for(constraint)
         logits = engine.prefill(tokens)
         for step in range(steps):
@@ -182,13 +180,13 @@ class LocalBackend(Backend):
                 return
             chosen = (masked or dist).candidates[0].id  # greedy: the most likely token
             if engine.is_eog(chosen):
-                notice("the most likely next token ends the text: no more steps")
+                self.notify("the most likely next token ends the text: no more steps")
                 return
             if grammar is not None:
                 grammar.accept(chosen)
             tokens.append(chosen)
             if engine.n_past >= engine.n_ctx:
-                notice(f"the context is full ({engine.n_ctx} tokens)")
+                self.notify(f"the context is full ({engine.n_ctx} tokens)")
                 return
             logits = engine.step(chosen)
 

@@ -91,20 +91,19 @@ class RemoteBackend(Backend):
         self.model = model  # the `model` field sent; None: the server's default
         self.vocab = RemoteVocab()
         self.label = f"the server at {self.url.display}"
+        self.location = self.url.display
         self.name = model or ""
         self._dialect: dialects.Dialect | None = None
         self._lock = threading.Lock()
         self._said: set[str] = set()  # notices already given (once per run)
 
     def once(self, message: str) -> None:
-        """A notice on stderr, once per run (lines and steps share a backend)."""
-        from gptcli.console import notice
-
+        """A notice, once per run (lines and steps share a backend)."""
         with self._lock:
             if message in self._said:
                 return
             self._said.add(message)
-        notice(message)
+        self.notify(message)
 
     # -- what it is --------------------------------------------------------------------
 
@@ -156,9 +155,9 @@ class RemoteBackend(Backend):
         """n alternatives, or the most the server takes, with a notice."""
         cap = self.dialect.max_top_logprobs if n > 5 else None
         if cap is not None and n > cap:
-            from gptcli.console import notice
-
-            notice(f"{self.dialect.name} gives at most {cap} alternatives per token: showing {cap}")
+            self.notify(
+                f"{self.dialect.name} gives at most {cap} alternatives per token: showing {cap}"
+            )
             return cap
         return n
 
@@ -274,7 +273,7 @@ class RemoteBackend(Backend):
             raise AssertionError("unreachable")
 
         results = (work(line) for line in lines) if jobs == 1 else ordered(lines, work, jobs)
-        return report_failures(results)
+        return report_failures(results, self.report_error)
 
     # -- next, score, tokenize -------------------------------------------------------------
 
@@ -283,7 +282,6 @@ class RemoteBackend(Backend):
     ) -> Iterator[NextStep]:
         """The top candidates at temperature 1 after `text`, for `steps` greedy steps,
         from one greedy completion with log probabilities."""
-        from gptcli.console import notice
         from gptcli.llama.prompt import messages_for
         from gptcli.sampling.distribution import Candidate, NextTokens
 
@@ -293,9 +291,9 @@ class RemoteBackend(Backend):
                 "what follows the BOS token alone)"
             )
         if list(temperatures) != [1.0]:
-            notice(ONLY_T1)
+            self.notify(ONLY_T1)
         if system and not chat:
-            notice("--system is ignored without --chat")
+            self.notify("--system is ignored without --chat")
         k = self._top(top)
         body: dict = {"max_tokens": steps, "temperature": 0, "top_k": 1, "stream": False}
         if chat:
@@ -315,7 +313,7 @@ class RemoteBackend(Backend):
             raise GptcliError(NO_LOGPROBS.format(what="`next` needs them"))
         usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
         n = dialects.count(usage.get("prompt_tokens"))
-        notice(NO_ENTROPY.format(k=top))
+        self.notify(NO_ENTROPY.format(k=top))
         short = False
         for step, entry in enumerate(found[:steps]):
             best: dict[int, float] = {}
@@ -332,12 +330,12 @@ class RemoteBackend(Backend):
                 None if n is None else n + step, NextTokens((1.0,), (None,), tuple(cands))
             )
         if short:
-            notice(
+            self.notify(
                 f"the server returned fewer than {top} candidates at some step (it lists each "
                 "token text once: tokens that decode alike, or more than it allows, are missing)"
             )
         if len(found) < steps and _reason(choice.get("finish_reason")) == "stop":
-            notice("the most likely next token ends the text: no more steps")
+            self.notify("the most likely next token ends the text: no more steps")
 
     def score(self, text: str):
         """Each prompt token's log probability given the ones before it, from
@@ -434,30 +432,6 @@ class RemoteBackend(Backend):
                     self.vocab.id_for(piece.encode("utf-8", errors="surrogatepass"), tid)
             out.append(tid)
         return out
-
-    def print_stats(self, finish) -> None:
-        """--stats for a remote run: what the client measured (no load; counts where known)."""
-        from rich.text import Text
-
-        from gptcli.console import stderr_console
-
-        t = finish.timings
-        n = finish.completion_tokens
-        if n is not None and t.generation_s > 0:
-            gen = f"{n} tokens in {t.generation_s:.3f} s, {n / t.generation_s:.1f} tokens/s"
-        else:
-            gen = f"{t.generation_s:.3f} s (the server sent no token count)"
-        rows = [
-            ("server", self.url.display),
-            ("first token", f"{t.ttft_s:.3f} s (prompt evaluation and network)"),
-            ("generation", gen),
-            ("finish", finish.reason),
-        ]
-        server_tps = getattr(t, "server_tps", None)
-        if server_tps is not None:
-            rows.insert(3, ("server", f"{server_tps:.1f} tokens/s (as the server measured)"))
-        for label, value in rows:
-            stderr_console().print(Text(f"{label:<12}{value}", style="dim"), soft_wrap=True)
 
 
 ONLY_T1 = (

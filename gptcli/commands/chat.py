@@ -70,13 +70,24 @@ def chat(
     from gptcli.chat.conversation import read_transcript
     from gptcli.chat.repl import run_chat
     from gptcli.commands.options import check_max_tokens, constraint_from, sampling_params
+    from gptcli.console import notice, print_error
 
     params = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     check_max_tokens(max_tokens)
     constraint = constraint_from(json_schema, output_format, grammar)
     saved = read_transcript(resume) if resume else None  # bad file: fail before loading
     interactive = sys.stdin is not None and sys.stdin.isatty()
-    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
+    backend = open_backend(
+        server,
+        model,
+        ctx,
+        threads,
+        gpu_layers,
+        verbose,
+        timeout,
+        notify=notice,
+        report_error=print_error,
+    )
     if steer or steer_layers:
         from gptcli.commands.steer import apply_steer
 

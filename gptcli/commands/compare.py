@@ -90,8 +90,9 @@ def _refuse_remote(server: str, model: str) -> None:
     """A server gives 20 log probabilities per token at most: KL needs them all."""
     from gptcli.backends import open_backend
     from gptcli.backends.base import require
+    from gptcli.console import notice, print_error
 
-    backend = open_backend(server, model)
+    backend = open_backend(server, model, notify=notice, report_error=print_error)
     try:
         require(
             backend,

@@ -118,9 +118,9 @@ def generate(
         read_input,
         sampling_params,
     )
-    from gptcli.console import notice
+    from gptcli.console import notice, print_error
     from gptcli.errors import Terminated
-    from gptcli.render.stream import TextRenderer
+    from gptcli.render.stream import TextRenderer, print_stats
 
     params = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     constraint = constraint_from(json_schema, output_format, grammar)  # before any loading
@@ -130,7 +130,17 @@ def generate(
     if each_line or jobs != 1:
         check_each_line(each_line, jobs, server, probs, json_out)
     text = None if each_line else read_input(prompt)
-    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
+    backend = open_backend(
+        server,
+        model,
+        ctx,
+        threads,
+        gpu_layers,
+        verbose,
+        timeout,
+        notify=notice,
+        report_error=print_error,
+    )
     if steer or steer_layers:
         from gptcli.commands.steer import apply_steer
 
@@ -142,7 +152,8 @@ def generate(
         require(backend, "grammar", f"drop {constraint.option}", exit_code=2)
         request = replace(request, constraint=constraint)
     if each_line:
-        from gptcli.backends.lines import input_lines, print_in_order
+        from gptcli.backends.lines import input_lines
+        from gptcli.render.stream import print_in_order
 
         if probs or json_out:  # one JSON object per line (a local model: checked above)
             from gptcli.errors import UsageError
@@ -215,7 +226,7 @@ def generate(
         # Ctrl-C or SIGTERM: end the partial text cleanly; the CLI sets the exit code.
         renderer.finish(None)
         if stats:
-            backend.print_stats(generation.finish("interrupted"))
+            print_stats(generation.finish("interrupted"), backend.location)
         raise
     except GptcliError:
         renderer.finish(None)  # what was printed stays, ending its line
@@ -224,7 +235,7 @@ def generate(
     if finish.reason == "context":
         notice(f"stopped: the context is full ({backend.n_ctx} tokens); raise --ctx for more")
     if stats:
-        backend.print_stats(finish)
+        print_stats(finish, backend.location)
     if constraint is not None:
         from gptcli.backends.constraints import check_complete
 

@@ -67,6 +67,7 @@ def next_token(
     --steer: the unsteered and the steered distribution side by side."""
     from gptcli.backends import open_backend
     from gptcli.commands.options import read_input
+    from gptcli.console import notice, print_error
     from gptcli.errors import UsageError
     from gptcli.sampling.distribution import parse_temperatures
 
@@ -82,7 +83,17 @@ def next_token(
 
     constraint = constraint_from(json_schema, output_format, grammar)
     text = read_input(prompt, required=prompt is None)
-    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
+    backend = open_backend(
+        server,
+        model,
+        ctx,
+        threads,
+        gpu_layers,
+        verbose,
+        timeout,
+        notify=notice,
+        report_error=print_error,
+    )
     if steer or steer_layers:
         from gptcli.commands.steer import apply_steer, next_steered
 
@@ -139,12 +150,23 @@ def score(
     given all the tokens before it, the least likely ones, perplexity and surprisal."""
     from gptcli.backends import open_backend
     from gptcli.backends.scoring import read_text
+    from gptcli.console import notice, print_error
     from gptcli.errors import UsageError
 
     if worst < 0:
         raise UsageError(f"--worst must be 0 or more, got {worst}")
     text = read_text(file)
-    backend = open_backend(server, model, ctx, threads, gpu_layers, verbose, timeout)
+    backend = open_backend(
+        server,
+        model,
+        ctx,
+        threads,
+        gpu_layers,
+        verbose,
+        timeout,
+        notify=notice,
+        report_error=print_error,
+    )
     if steer or steer_layers:
         from gptcli.commands.steer import apply_steer
 

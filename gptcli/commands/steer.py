@@ -319,6 +319,7 @@ def sweep(
     from gptcli.backends.base import Request, collect_text
     from gptcli.backends.local import LocalBackend
     from gptcli.commands.options import read_input
+    from gptcli.console import notice, print_error
     from gptcli.errors import UsageError
     from gptcli.inside import steering as S
     from gptcli.llama.load import load_engine
@@ -340,6 +341,7 @@ def sweep(
     [(vector, _)] = S.load_specs([str(file)], engine.n_embd, engine.n_layer, engine.name)
     first, last = S.parse_layers(steer_layers, engine.n_layer)
     backend = LocalBackend(engine)
+    backend.notify, backend.report_error = notice, print_error
     request = Request(text, not chat, None, SamplingParams(temperature=0.0), max_tokens)
     for scale in values:
         data = S.combine([(vector, scale)], engine.n_embd, engine.n_layer)

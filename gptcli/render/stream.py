@@ -8,9 +8,11 @@ FORCE_COLOR and pipes.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from gptcli.console import stderr_console
+from gptcli.terminal import Guard, is_terminal
 
 if TYPE_CHECKING:
     from gptcli.backends.generation import Finish, TokenEvent
@@ -20,8 +22,6 @@ class TextRenderer:
     """Plain streaming: each event's released text to stdout, flushed at once."""
 
     def __init__(self, out=None):
-        from gptcli.terminal import Guard, is_terminal
-
         self.out = out or sys.stdout
         self._last = ""
         # Model or server text: escaped on a terminal, exact through a pipe.
@@ -52,11 +52,21 @@ class TextRenderer:
         self.out.flush()
 
 
-def print_stats(finish: Finish) -> None:
-    """Load, prompt and generation figures on stderr (`--stats`)."""
+def print_stats(finish: Finish, location: str | None = None) -> None:
+    """Load, prompt and generation figures on stderr (`--stats`). `location`: the
+    server's URL for a remote run, where only what the client measured is known (no
+    load; token counts where the server sent them)."""
+    from rich.text import Text
+
+    rows = _remote_rows(finish, location) if location else _local_rows(finish)
+    for label, value in rows:
+        stderr_console().print(Text(f"{label:<12}{value}", style="dim"), soft_wrap=True)
+
+
+def _local_rows(finish: Finish) -> list[tuple[str, str]]:
     t = finish.timings
     gen_tps = finish.generation_tps()
-    rows = [
+    return [
         ("load", f"{t.load_s:.3f} s"),
         (
             "prompt",
@@ -70,13 +80,36 @@ def print_stats(finish: Finish) -> None:
         ("first token", f"{t.ttft_s:.3f} s"),
         ("finish", finish.reason),
     ]
-    lines = [f"{label:<12}{value}" for label, value in rows]
-    from rich.text import Text
 
-    for line in lines:
-        stderr_console().print(Text(line, style="dim"), soft_wrap=True)
+
+def _remote_rows(finish: Finish, location: str) -> list[tuple[str, str]]:
+    t = finish.timings
+    n = finish.completion_tokens
+    if n is not None and t.generation_s > 0:
+        gen = f"{n} tokens in {t.generation_s:.3f} s, {n / t.generation_s:.1f} tokens/s"
+    else:
+        gen = f"{t.generation_s:.3f} s (the server sent no token count)"
+    rows = [
+        ("server", location),
+        ("first token", f"{t.ttft_s:.3f} s (prompt evaluation and network)"),
+        ("generation", gen),
+        ("finish", finish.reason),
+    ]
+    server_tps = getattr(t, "server_tps", None)
+    if server_tps is not None:
+        rows.insert(3, ("server", f"{server_tps:.1f} tokens/s (as the server measured)"))
+    return rows
 
 
 FINISH_NOTICES = {
     "context": "stopped: the context is full ({n_ctx} tokens); raise --ctx for longer text",
 }
+
+
+def print_in_order(texts: Iterable[str]) -> None:
+    out = sys.stdout
+    guard = Guard(is_terminal(out))  # model or server text: escaped on a terminal
+    for text in texts:
+        # One output line per input line: a reply's own line breaks are written as \n.
+        out.write(guard(text.strip("\n").replace("\n", "\\n")) + "\n")
+        out.flush()
