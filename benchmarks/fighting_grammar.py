@@ -29,7 +29,8 @@ from support.tinymodel import read_tokenizer, write_tiny_model  # noqa: E402
 
 from gptcli.backends.constraints import JSON_GBNF  # noqa: E402
 from gptcli.backends.generation import Finish, Generation, TokenEvent  # noqa: E402
-from gptcli.llama.engine import Engine, EngineOptions, Grammar  # noqa: E402
+from gptcli.llama.engine import Engine, EngineOptions  # noqa: E402
+from gptcli.llama.grammar import Grammar  # noqa: E402
 from gptcli.model.resolve import embedded_model_path  # noqa: E402
 from gptcli.sampling.sampler import Sampler, SamplingParams  # noqa: E402
 

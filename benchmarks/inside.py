@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+from gptcli.llama.capture import capture
+
 PROMPT = " ".join(["The capital of France is Paris, and the capital of Italy is Rome."] * 4)
 
 
@@ -64,7 +66,7 @@ def generation_speed(n_tokens: int = 128, rounds: int = 3) -> dict[str, float]:
     for _ in range(rounds):
         before.append(tps())
     for _ in range(rounds):
-        engine.capture(engine.tokenize(PROMPT, add_bos=False), lens.wanted(True))
+        capture(engine, engine.tokenize(PROMPT, add_bos=False), lens.wanted(True))
         after.append(tps())
     engine.close()
     b, a = statistics.median(before), statistics.median(after)

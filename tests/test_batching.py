@@ -8,8 +8,9 @@ import pytest
 
 from gptcli.backends.batching import Batcher, BatchSettings, line_seed, shared_tokens
 from gptcli.backends.generation import Generation
-from gptcli.llama.engine import Engine, EngineOptions, NativeSampler
+from gptcli.llama.engine import Engine, EngineOptions
 from gptcli.llama.prompt import chat_format, chat_prompt, messages_for, raw_prompt
+from gptcli.llama.sampler_chain import NativeSampler
 from gptcli.sampling.sampler import Sampler, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)

@@ -20,7 +20,8 @@ import pytest
 
 from gptcli.backends import generation
 from gptcli.backends.generation import Finish, Generation, Timings, TokenEvent
-from gptcli.llama.engine import Engine, EngineOptions, Grammar
+from gptcli.llama.engine import Engine, EngineOptions
+from gptcli.llama.grammar import Grammar
 from gptcli.sampling.sampler import Sampler, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)

@@ -20,6 +20,7 @@ from support.reference_forward import forward, lens_probs
 from gptcli.inside import attention as A
 from gptcli.inside import lens as L
 from gptcli.inside.unembedding import final_step
+from gptcli.llama.capture import capture
 from gptcli.llama.engine import Engine, EngineOptions
 from gptcli.render.tokens import token_label
 
@@ -40,14 +41,14 @@ def smol_engine(smollm2):
 
 def _lens(engine, tokens, positions, mid=False, track=None):
     step, _ = final_step(engine.header)
-    cap = engine.capture(tokens, L.wanted(mid))
+    cap = capture(engine, tokens, L.wanted(mid))
     return L.read_lens(step, tokens, cap.tensors, cap.logits, positions, mid=mid, track=track), cap
 
 
 def test_captured_residual_streams_match_the_float64_forward_pass(tiny_engine, tiny_model):
     tokens = tiny_engine.tokenize("the cat sat on the mat and the cat", add_bos=False)
     ref = forward(tiny_model, tokens)
-    cap = tiny_engine.capture(tokens, L.wanted(True))
+    cap = capture(tiny_engine, tokens, L.wanted(True))
     for layer in range(len(ref.l_out)):
         for name, want in (("l_out", ref.l_out[layer]), ("ffn_inp", ref.ffn_inp[layer])):
             got = cap.tensors[f"{name}-{layer}"]
@@ -128,13 +129,13 @@ def test_attention_weights_match_the_float64_forward_pass(
 ):
     tokens = tiny_engine.tokenize("a b c a b c a", add_bos=False)
     ref = forward(tiny_model, tokens)
-    weights = A.by_layer(tiny_engine.capture(tokens, A.wanted()).tensors)
+    weights = A.by_layer(capture(tiny_engine, tokens, A.wanted()).tensors)
     for layer, want in enumerate(ref.attention):
         assert weights[layer].shape == want.shape
         assert np.abs(weights[layer] - want).max() < 0.02, f"layer {layer}"
     # SmolLM2: layer 23, head 4 looks from " is" to " France" (float64: 0.903)
     tokens, ref = smol_reference
-    got = A.by_layer(smol_engine.capture(tokens, A.wanted({23})).tensors)[23]
+    got = A.by_layer(capture(smol_engine, tokens, A.wanted({23})).tensors)[23]
     france = tokens.index(smol_engine.tokenize(" France", add_bos=False)[0])
     assert abs(got[4, -1, france] - ref.attention[23][4, -1, france]) < 0.02
     assert got[4, -1, france] > 0.8
@@ -145,7 +146,7 @@ def test_capture_stitches_ubatches_of_a_long_prompt(tiny_model):
     # 600 tokens: two ubatches of 512 and 88 in the capture context.
     with Engine(tiny_model, EngineOptions(n_ctx=1024, n_threads=2)) as engine:
         tokens = (engine.tokenize(" the cat sat", add_bos=False) * 200)[:600]
-        cap = engine.capture(tokens, lambda n: n in ("l_out-1", "kq_soft_max-1"))
+        cap = capture(engine, tokens, lambda n: n in ("l_out-1", "kq_soft_max-1"))
     assert cap.tensors["l_out-1"].shape == (600, 64)
     att = cap.tensors["kq_soft_max-1"]
     assert att.shape == (4, 600, 600)
@@ -161,7 +162,7 @@ def test_capture_stitches_ubatches_of_a_long_prompt(tiny_model):
 def test_generation_after_a_capture_is_unchanged(tiny_engine):
     tokens = tiny_engine.tokenize("hello there", add_bos=False)
     before = np.array(tiny_engine.prefill(tokens), copy=True)
-    tiny_engine.capture(tokens, L.wanted(False))
+    capture(tiny_engine, tokens, L.wanted(False))
     tiny_engine.reset()
     after = np.array(tiny_engine.prefill(tokens), copy=True)
     np.testing.assert_array_equal(before, after)
@@ -255,7 +256,7 @@ def test_attention_without_colour_prints_the_weights_and_fits_the_width(
     from conftest import clean_env
 
     tokens = smol_engine.tokenize(PROMPT, add_bos=False)
-    weights = A.by_layer(smol_engine.capture(tokens, A.wanted()).tensors)
+    weights = A.by_layer(capture(smol_engine, tokens, A.wanted()).tensors)
     env = clean_env(**({"COLUMNS": columns} if columns else {}))
     r = gptcli("attention", PROMPT, env=env)
     assert r.returncode == 0, r.stderr

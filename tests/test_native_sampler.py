@@ -12,8 +12,9 @@ import pytest
 from conftest import reference_llama
 
 from gptcli.backends.generation import Finish, Generation
-from gptcli.llama.engine import Engine, EngineOptions, NativeSampler
+from gptcli.llama.engine import Engine, EngineOptions
 from gptcli.llama.prompt import raw_prompt
+from gptcli.llama.sampler_chain import NativeSampler
 from gptcli.sampling.sampler import Sampler, SamplingParams
 
 PROMPTS = ["Once upon a time", "The best way to learn Python is", "My favourite colour is"]

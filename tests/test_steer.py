@@ -21,6 +21,7 @@ from support.reference_forward import forward, softmax
 from support.tinymodel import TinyShape
 
 from gptcli.inside import steering as S
+from gptcli.llama.capture import capture
 from gptcli.llama.engine import Engine, EngineOptions
 
 PROMPT = "the cat sat on the mat and"
@@ -227,7 +228,7 @@ def test_capture_sees_the_vector(deep_model, random_vector):
     with Engine(deep_model, EngineOptions(n_ctx=256, n_threads=2)) as e:
         v = S.read_vector(path)
         e.set_steering(S.combine([(v, 1.0)], e.n_embd, e.n_layer))
-        cap = e.capture(tokens, lambda name: name.startswith("l_out-"))
+        cap = capture(e, tokens, lambda name: name.startswith("l_out-"))
     for n in range(4):
         got, want = cap.tensors[f"l_out-{n}"], ref.l_out[n]
         assert np.abs(got - want).max() / np.abs(want).max() < 0.01, n

@@ -26,7 +26,8 @@ from gptcli.backends.constraints import (
 )
 from gptcli.backends.generation import Generation, TokenEvent
 from gptcli.errors import UsageError
-from gptcli.llama.engine import Engine, EngineOptions, Grammar
+from gptcli.llama.engine import Engine, EngineOptions
+from gptcli.llama.grammar import Grammar
 from gptcli.render.tokens import token_label
 from gptcli.sampling.sampler import Sampler, SamplingParams
 

@@ -26,7 +26,9 @@ import numpy as np
 
 from gptcli.backends.generation import Finish, Timings, TokenEvent, _held_back
 from gptcli.errors import GptcliError
-from gptcli.llama.engine import BatchedEngine, ContextFull, Engine, NativeSampler
+from gptcli.llama.batch import BatchedEngine
+from gptcli.llama.engine import ContextFull, Engine
+from gptcli.llama.sampler_chain import NativeSampler
 from gptcli.sampling.sampler import Sampler, SamplingParams, check_logits
 
 

@@ -71,7 +71,7 @@ class Constraint:
 
     def grammar(self, engine):
         """The grammar bound to `engine`'s vocabulary (UsageError if it cannot start)."""
-        from gptcli.llama.engine import Grammar
+        from gptcli.llama.grammar import Grammar
 
         return Grammar(engine, self.gbnf)
 
@@ -331,7 +331,7 @@ def from_schema(arg: str) -> Constraint:
             + ", ".join(bad[:3])
             + more
         )
-    from gptcli.llama.engine import json_schema_to_gbnf
+    from gptcli.llama.grammar import json_schema_to_gbnf
 
     try:
         gbnf = json_schema_to_gbnf(json.dumps(schema))

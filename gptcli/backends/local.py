@@ -69,7 +69,7 @@ class LocalBackend(Backend):
 
     def start(self, request: Request):
         from gptcli.backends.generation import Generation
-        from gptcli.llama.engine import NativeSampler
+        from gptcli.llama.sampler_chain import NativeSampler
         from gptcli.sampling.sampler import Sampler
 
         tokens, stops = self.prompt_tokens(request)

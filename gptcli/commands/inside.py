@@ -89,6 +89,7 @@ def lens(
     from gptcli.console import notice
     from gptcli.inside import lens as L
     from gptcli.inside.unembedding import final_step
+    from gptcli.llama.capture import capture
     from gptcli.render.inside import lens_grid, lens_json, lens_table
 
     engine, tokens = _prepare(
@@ -104,7 +105,7 @@ def lens(
 
         steer_engine(engine, steer, steer_layers)
         return lens_steered(engine, step, tokens, picked, json_out, steer, steer_layers)
-    captured = engine.capture(tokens, L.wanted(mid))
+    captured = capture(engine, tokens, L.wanted(mid))
     # The answer at the last position is what generation computes there (the capture
     # pass runs without flash attention: its probabilities differ by up to ~0.01).
     last = len(tokens) - 1
@@ -191,6 +192,7 @@ def attention(
     the last token's row shown as the prompt shaded by weight."""
     from gptcli.errors import UsageError
     from gptcli.inside import attention as A
+    from gptcli.llama.capture import capture
     from gptcli.render.inside import attention_grid, attention_json, attention_stats, head_view
 
     # --layer alone is allowed with --json (every head of that layer), --head never is
@@ -213,7 +215,8 @@ def attention(
 
         steer_engine(engine, steer, steer_layers)
     full = stats or (layer is not None) or json_out
-    captured = engine.capture(
+    captured = capture(
+        engine,
         tokens,
         A.wanted({layer} if layer is not None else None),
         keep=None if full else A.last_row_only,

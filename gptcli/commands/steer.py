@@ -132,6 +132,7 @@ def lens_steered(engine, step, tokens, picked, json_out, specs, layers):
     and the layer from which the answer changes."""
     from gptcli.console import notice
     from gptcli.inside import lens as L
+    from gptcli.llama.capture import capture
     from gptcli.render.steer import lens_compared, lens_compared_json
 
     if len(picked) > 1:
@@ -143,10 +144,10 @@ def lens_steered(engine, step, tokens, picked, json_out, specs, layers):
         # the answer at the last position is what generation computes (as plain lens)
         return {pos[0]: engine.prefill(tokens).copy()} if pos[0] == len(tokens) - 1 else {}
 
-    cap = engine.capture(tokens, L.wanted(False))
+    cap = capture(engine, tokens, L.wanted(False))
     steered = L.read_lens(step, tokens, cap.tensors, cap.logits, pos, reference=reference())
     engine.set_steering(None)
-    cap = engine.capture(tokens, L.wanted(False))
+    cap = capture(engine, tokens, L.wanted(False))
     answer = steered.final_ids[pos[0]]
     plain = L.read_lens(
         step, tokens, cap.tensors, cap.logits, pos, track=[answer], reference=reference()

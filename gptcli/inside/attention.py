@@ -1,45 +1,37 @@
 """Where each attention head looks: the weights llama.cpp computes in its softmax
-(`kq_soft_max-N`: heads x queries x keys), captured from its graph, and the usual
-measures of a head: entropy, the share on the first token, previous-token and
-induction scores."""
+(llama/capture.py's point `kq_soft_max-N`: heads x queries x keys), captured from its
+graph, and the usual measures of a head: entropy, the share on the first token,
+previous-token and induction scores."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from gptcli.errors import GptcliError
+from gptcli.llama.capture import ATTENTION, is_attention, wanting
+from gptcli.llama.capture import by_layer as points_by_layer
 
-_NAME = re.compile(r"^kq_soft_max-(\d+)$")
 LN2 = float(np.log(2.0))
 
 
 def wanted(layers: set[int] | None = None):
     """The capture filter: attention weights of every layer, or of `layers`."""
 
-    def want(name: str) -> bool:
-        m = _NAME.match(name)
-        return bool(m) and (layers is None or int(m.group(1)) in layers)
-
-    return want
+    return wanting({ATTENTION}, layers)
 
 
 def last_row_only(name: str, arr: np.ndarray) -> np.ndarray:
     """Capture `keep` hook for the overview: only the last query of each ubatch.
 
     The stitching keeps every ubatch's rows, so later only the very last is used."""
-    return arr[..., -1:, :] if _NAME.match(name) else arr
+    return arr[..., -1:, :] if is_attention(name) else arr
 
 
 def by_layer(captured: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
     """layer -> (heads, queries, keys) weights."""
-    out = {}
-    for name, arr in captured.items():
-        m = _NAME.match(name)
-        if m:
-            out[int(m.group(1))] = arr
+    out = points_by_layer(captured, ATTENTION)
     if not out:
         raise GptcliError(
             "llama.cpp's graph for this model has no attention weights (kq_soft_max-N): "

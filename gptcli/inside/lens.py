@@ -1,21 +1,22 @@
 """The logit lens: what the residual stream after each layer would predict.
 
-The residual stream is captured from llama.cpp's own graph (`l_out-N` after layer N,
-`ffn_inp-N` after layer N's attention, before its MLP); the model's final norm and
-unembedding turn each captured vector into a distribution over the vocabulary. The
+The residual stream is captured from llama.cpp's own graph (the points of
+llama/capture.py: `l_out-N` after layer N, `ffn_inp-N` after layer N's attention,
+before its MLP); the model's final norm and unembedding turn each captured vector
+into a distribution over the vocabulary. The
 last layer's lens should reproduce llama.cpp's own distribution: `agreement` measures
 how closely it does, which is how a wrong final step for an architecture shows.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from gptcli.errors import GptcliError
 from gptcli.inside.unembedding import FinalStep
+from gptcli.llama.capture import MID_RESIDUAL, RESIDUAL, parse_name, wanting
 from gptcli.sampling.distribution import log_softmax_rows
 
 LN2 = float(np.log(2.0))
@@ -24,17 +25,10 @@ LN2 = float(np.log(2.0))
 # (measured, capture pass). Past this, the final step is not reproduced.
 AGREEMENT_TOLERANCE = 0.02
 
-_NAME = re.compile(r"^(l_out|ffn_inp)-(\d+)$")
-
 
 def wanted(mid: bool):
     """The capture filter: residual streams after every layer (and after attention)."""
-
-    def want(name: str) -> bool:
-        m = _NAME.match(name)
-        return bool(m) and (mid or m.group(1) == "l_out")
-
-    return want
+    return wanting({RESIDUAL, MID_RESIDUAL} if mid else {RESIDUAL})
 
 
 @dataclass(frozen=True)
@@ -83,11 +77,12 @@ class Lens:
 def residuals(captured: dict[str, np.ndarray], mid: bool) -> list[tuple[int, str, np.ndarray]]:
     """(layer, stage, (tokens, d_model)) in forward order, from the captured tensors."""
     found = []
+    kinds = {RESIDUAL, MID_RESIDUAL} if mid else {RESIDUAL}
     for name, arr in captured.items():
-        m = _NAME.match(name)
-        if m and (mid or m.group(1) == "l_out"):
-            stage = "out" if m.group(1) == "l_out" else "attn"
-            found.append((int(m.group(2)), 0 if stage == "attn" else 1, stage, arr))
+        point = parse_name(name)
+        if point is not None and point[0] in kinds:
+            stage = "out" if point[0] == RESIDUAL else "attn"
+            found.append((point[1], 0 if stage == "attn" else 1, stage, arr))
     if not any(s == "out" for _, _, s, _ in found):
         raise GptcliError(
             "llama.cpp's graph for this model names no residual stream (l_out-N): the lens "

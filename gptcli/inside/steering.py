@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gptcli.errors import GptcliError, UsageError
+from gptcli.llama.capture import RESIDUAL, by_layer, capture, wanting
 from gptcli.model.gguf_check import GGUFError, printable, read_header
 
 ARCH = "controlvector"
@@ -203,8 +204,7 @@ METHODS = ("mean", "pca")
 
 
 def _l_out(engine, tokens: list[int]) -> dict[int, np.ndarray]:
-    cap = engine.capture(tokens, lambda name: name.startswith("l_out-"))
-    return {int(name[6:]): arr for name, arr in cap.tensors.items()}
+    return by_layer(capture(engine, tokens, wanting({RESIDUAL})).tensors, RESIDUAL)
 
 
 def pair_differences(
