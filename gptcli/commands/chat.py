@@ -30,6 +30,7 @@ from gptcli.commands.options import (
     TopPOpt,
     VerboseOpt,
 )
+from gptcli.sampling import defaults as D
 
 ResumeOpt = Annotated[
     str | None,
@@ -42,11 +43,11 @@ def chat(
     system: SystemOpt = None,
     resume: ResumeOpt = None,
     max_tokens: MaxTokensOpt = None,
-    temperature: TemperatureOpt = 0.8,
-    top_k: TopKOpt = 40,
-    top_p: TopPOpt = 0.95,
-    min_p: MinPOpt = 0.05,
-    repeat_penalty: RepeatPenaltyOpt = 1.0,
+    temperature: TemperatureOpt = D.TEMPERATURE,
+    top_k: TopKOpt = D.TOP_K,
+    top_p: TopPOpt = D.TOP_P,
+    min_p: MinPOpt = D.MIN_P,
+    repeat_penalty: RepeatPenaltyOpt = D.REPEAT_PENALTY,
     seed: SeedOpt = None,
     stop: StopOpt = None,
     ctx: CtxOpt = 0,

@@ -21,13 +21,13 @@ from gptcli.commands.options import (
     VerboseOpt,
 )
 from gptcli.limits import EXPLORE_MAX_STEPS
+from gptcli.sampling import defaults as D
 
 NOT_A_TERMINAL = (
     "explore is a full-screen app and needs a terminal; without one, use "
     "`gptcli next --steps N PROMPT` (the distribution at each step) or "
     "`gptcli generate --probs PROMPT` (the probability of every token taken)"
 )
-DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0}
 
 
 def explore(
@@ -47,13 +47,24 @@ def explore(
         typer.Option("--load", metavar="FILE", help="Reopen a tree saved with `w`."),
     ] = None,
     temperature: Annotated[
-        float | None, typer.Option("-t", "--temperature", help="Softmax temperature (0.8).")
+        float | None,
+        typer.Option("-t", "--temperature", help=f"Softmax temperature ({D.TEMPERATURE})."),
     ] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Top-k (40; 0: off).")] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", help="Top-p (0.95; 1: off).")] = None,
-    min_p: Annotated[float | None, typer.Option("--min-p", help="Min-p (0.05; 0: off).")] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help=f"Top-k ({D.TOP_K}; 0: off).")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option("--top-p", help=f"Top-p ({D.TOP_P}; 1: off).")
+    ] = None,
+    min_p: Annotated[
+        float | None, typer.Option("--min-p", help=f"Min-p ({D.MIN_P}; 0: off).")
+    ] = None,
     repeat_penalty: Annotated[
-        float | None, typer.Option("--repeat-penalty", help="Penalise the last 64 tokens (1).")
+        float | None,
+        typer.Option(
+            "--repeat-penalty",
+            help=f"Penalise the last {D.REPEAT_LAST_N} tokens ({D.REPEAT_PENALTY:g}).",
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed for `s`.")] = None,
     steps: Annotated[
@@ -88,7 +99,7 @@ def explore(
         "min_p": min_p,
         "repeat_penalty": repeat_penalty,
     }
-    opts = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
+    opts = {k: D.DEFAULTS[k] if v is None else v for k, v in given.items()}
     sampling_params(**opts, seed=seed)  # bad values: one line before anything loads
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         # Textual draws on stderr and reads stdin; stdout stays free for `e`.

@@ -32,6 +32,7 @@ from gptcli.commands.options import (
     VerboseOpt,
 )
 from gptcli.errors import GptcliError
+from gptcli.sampling import defaults as D
 
 
 def generate(
@@ -40,11 +41,11 @@ def generate(
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion, no chat template.")] = False,
     system: SystemOpt = None,
     max_tokens: MaxTokensOpt = None,
-    temperature: TemperatureOpt = 0.8,
-    top_k: TopKOpt = 40,
-    top_p: TopPOpt = 0.95,
-    min_p: MinPOpt = 0.05,
-    repeat_penalty: RepeatPenaltyOpt = 1.0,
+    temperature: TemperatureOpt = D.TEMPERATURE,
+    top_k: TopKOpt = D.TOP_K,
+    top_p: TopPOpt = D.TOP_P,
+    min_p: MinPOpt = D.MIN_P,
+    repeat_penalty: RepeatPenaltyOpt = D.REPEAT_PENALTY,
     seed: SeedOpt = None,
     stop: StopOpt = None,
     ctx: CtxOpt = 0,

@@ -18,6 +18,7 @@ import numpy as np
 
 from gptcli.errors import GptcliError, UsageError
 from gptcli.limits import REPEAT_PENALTY_RANGE
+from gptcli.sampling import defaults
 
 
 class NonFiniteLogits(GptcliError):
@@ -44,12 +45,12 @@ def check_logits(logits: np.ndarray, position: int | None = None) -> None:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.8
-    top_k: int = 40  # 0: off
-    top_p: float = 0.95  # 1: off
-    min_p: float = 0.05  # 0: off
-    repeat_penalty: float = 1.0  # 1: off
-    repeat_last_n: int = 64
+    temperature: float = defaults.TEMPERATURE
+    top_k: int = defaults.TOP_K  # 0: off
+    top_p: float = defaults.TOP_P  # 1: off
+    min_p: float = defaults.MIN_P  # 0: off
+    repeat_penalty: float = defaults.REPEAT_PENALTY  # 1: off
+    repeat_last_n: int = defaults.REPEAT_LAST_N
     seed: int | None = None
 
     def validate(self) -> SamplingParams:
