@@ -54,13 +54,13 @@ def missing(backend: Backend, capability: str, what: str) -> str:
 
 def require(backend: Backend, capability: str, what: str, exit_code: int = 1) -> None:
     """Raise the shared error unless the backend has `capability`."""
-    if not getattr(backend.capabilities, capability):
+    if not backend.has(capability):
         raise GptcliError(missing(backend, capability, what), exit_code=exit_code)
 
 
 def lacking(backend: Backend, capability: str, what: str) -> bool:
-    """True (after the shared notice on stderr) when the backend lacks `capability`."""
-    if getattr(backend.capabilities, capability):
+    """True (after the shared notice) when the backend lacks `capability`."""
+    if backend.has(capability):
         return False
     backend.notify(missing(backend, capability, what))
     return True
@@ -108,6 +108,10 @@ class Backend:
     capabilities: Capabilities = Capabilities()
     n_vocab: int | None = None  # None where unknown (a server)
     n_ctx: int | None = None
+
+    def has(self, capability: str) -> bool:
+        """Whether this backend gives `capability` (a field of Capabilities)."""
+        return getattr(self.capabilities, capability)
 
     def piece(self, token: int) -> bytes:
         """A token's exact bytes (a remote token known only by its text: that text)."""

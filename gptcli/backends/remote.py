@@ -76,6 +76,10 @@ class RemoteTimings(Timings):
         return n / self.prompt_s if self.prompt_s > 0 else 0.0
 
 
+# No server sends the whole vocabulary's logits or llama.cpp's intermediate tensors.
+NEVER = frozenset({"full_distribution", "internals"})
+
+
 class RemoteBackend(Backend):
     """One server. Thread-safe: each request has its own connection."""
 
@@ -130,6 +134,13 @@ class RemoteBackend(Backend):
             raise
         except GptcliError:
             return dialects.GENERIC
+
+    def has(self, capability: str) -> bool:
+        # What no server gives is known without asking it (a server that is down
+        # still gets the right refusal).
+        if capability in NEVER:
+            return False
+        return super().has(capability)
 
     @property
     def capabilities(self) -> Capabilities:

@@ -25,19 +25,26 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout, for scrip
 
 
 def _prepare(prompt, model, chat, system, ctx, threads, gpu_layers, verbose, server, what):
-    """The engine and the prompt's tokens; a server cannot show its internals."""
+    """The engine and the prompt's tokens, from a backend that gives its internals."""
+    from gptcli.backends import open_backend
+    from gptcli.backends.base import require
     from gptcli.commands.options import read_input
-    from gptcli.errors import UsageError
-    from gptcli.llama.load import load_engine
+    from gptcli.console import notice, print_error
+    from gptcli.errors import ExitCode, UsageError
     from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
 
-    if server:
-        raise UsageError(
-            f"{what} reads llama.cpp's intermediate tensors, which a server does not expose: "
-            "run it on a local model (drop --server)"
-        )
     text = read_input(prompt)
-    engine = load_engine(model, ctx, threads, gpu_layers, verbose)
+    backend = open_backend(
+        server, model, ctx, threads, gpu_layers, verbose, notify=notice, report_error=print_error
+    )
+    require(
+        backend,
+        "internals",
+        f"{what} reads them from llama.cpp's graph, which a server does not expose; "
+        "run it on a local model (drop --server)",
+        exit_code=ExitCode.USAGE,
+    )
+    engine = backend.engine
     tokens = chat_prompt(engine, messages_for(text, system)) if chat else raw_prompt(engine, text)
     if not tokens:
         raise UsageError("the prompt tokenizes to nothing")
