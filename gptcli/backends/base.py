@@ -14,8 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
 
 from gptcli.errors import GptcliError
+
+if TYPE_CHECKING:  # types only: sampling brings numpy, which --help does without
+    from gptcli.backends.constraints import Constraint
+    from gptcli.sampling.distribution import NextTokens
+    from gptcli.sampling.sampler import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -73,13 +79,13 @@ class Request:
     text: str
     raw: bool
     system: str | None
-    params: object  # sampling.SamplingParams
+    params: SamplingParams
     max_tokens: int | None = None
     stops: tuple[str, ...] = ()
     n_top: int = 0  # alternatives reported per token
     model_probs: bool = False  # the model's own log probability of each token and alternative
     sampled_probs: bool = False  # the distribution each token was drawn from
-    constraint: object | None = None  # constraints.Constraint: the output must match it
+    constraint: Constraint | None = None  # the output must match it
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,8 @@ class NextStep:
     distribution.NextTokens at that position."""
 
     position: int | None
-    dist: object
-    masked: object | None = None  # the same under a constraint's grammar (None: no constraint)
+    dist: NextTokens
+    masked: NextTokens | None = None  # the same under a constraint's grammar (None: none)
 
 
 def silent(message: str) -> None:

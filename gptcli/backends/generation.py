@@ -19,6 +19,7 @@ import numpy as np
 
 from gptcli.errors import GptcliError
 from gptcli.llama.engine import Engine
+from gptcli.llama.grammar import Grammar
 from gptcli.sampling.sampler import Alternative, Draw, Sampler, check_logits, logsumexp
 
 
@@ -93,7 +94,7 @@ class Generation:
     n_top: int = 0  # alternatives to report per token
     model_probs: bool = False
     tokens: list[int] = field(default_factory=list)  # generated so far
-    grammar: object | None = None  # engine.Grammar: the output must match it
+    grammar: Grammar | None = None  # the output must match it
 
     def __post_init__(self) -> None:
         self._t0 = self._t_prompt = self._t_first = None
