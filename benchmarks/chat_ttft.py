@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gptcli.backends.generation import Finish, Generation  # noqa: E402
+from gptcli.backends.events import Finish  # noqa: E402
+from gptcli.backends.generation import Generation  # noqa: E402
 from gptcli.chat.conversation import Conversation  # noqa: E402
 from gptcli.llama.engine import Engine, EngineOptions  # noqa: E402
 from gptcli.llama.prompt import chat_format  # noqa: E402

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support.tinymodel import read_tokenizer, write_tiny_model  # noqa: E402
 
 from gptcli.backends.constraints import JSON_GBNF  # noqa: E402
-from gptcli.backends.generation import Finish, Generation, TokenEvent  # noqa: E402
+from gptcli.backends.events import Finish, TokenEvent  # noqa: E402
+from gptcli.backends.generation import Generation  # noqa: E402
 from gptcli.llama.engine import Engine, EngineOptions  # noqa: E402
 from gptcli.llama.grammar import Grammar  # noqa: E402
 from gptcli.model.resolve import embedded_model_path  # noqa: E402

@@ -48,7 +48,7 @@ def main() -> None:
     opts = parser.parse_args()
 
     from gptcli.backends.base import Request
-    from gptcli.backends.generation import Finish
+    from gptcli.backends.events import Finish
     from gptcli.backends.local import LocalBackend
     from gptcli.inside import steering as S
     from gptcli.llama.engine import Engine, EngineOptions

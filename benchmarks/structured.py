@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gptcli.backends.constraints import JSON_GBNF, Constraint, from_schema  # noqa: E402
-from gptcli.backends.generation import Finish, Generation, TokenEvent  # noqa: E402
+from gptcli.backends.events import Finish, TokenEvent  # noqa: E402
+from gptcli.backends.generation import Generation  # noqa: E402
 from gptcli.llama.engine import Engine, EngineOptions  # noqa: E402
 from gptcli.model.resolve import embedded_model_path  # noqa: E402
 from gptcli.sampling.sampler import Sampler, SamplingParams  # noqa: E402

@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gptcli.backends.generation import Generation, TokenEvent  # noqa: E402
+from gptcli.backends.events import TokenEvent  # noqa: E402
+from gptcli.backends.generation import Generation  # noqa: E402
 from gptcli.llama.engine import Engine, EngineOptions  # noqa: E402
 from gptcli.llama.sampler_chain import NativeSampler  # noqa: E402
 from gptcli.model.resolve import embedded_model_path  # noqa: E402

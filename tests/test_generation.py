@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from gptcli.backends import generation
-from gptcli.backends.generation import Finish, Generation, Timings, TokenEvent
+from gptcli.backends.events import Finish, Timings, TokenEvent
+from gptcli.backends.generation import Generation
 from gptcli.llama.engine import Engine, EngineOptions
 from gptcli.llama.grammar import Grammar
 from gptcli.sampling.sampler import Sampler, SamplingParams

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 from conftest import reference_llama
 
-from gptcli.backends.generation import Finish, Generation
+from gptcli.backends.events import Finish
+from gptcli.backends.generation import Generation
 from gptcli.llama.engine import Engine, EngineOptions
 from gptcli.llama.prompt import raw_prompt
 from gptcli.llama.sampler_chain import NativeSampler

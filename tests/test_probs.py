@@ -193,7 +193,8 @@ def test_probs_renderer_streams_a_generation(tiny_model):
     """The renderer chat reuses: same interface as TextRenderer, same text."""
     import io
 
-    from gptcli.backends.generation import Generation, TokenEvent
+    from gptcli.backends.events import TokenEvent
+    from gptcli.backends.generation import Generation
     from gptcli.llama.engine import Engine
     from gptcli.render.stream import TextRenderer
     from gptcli.render.tokens import ProbsRenderer

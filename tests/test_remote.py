@@ -11,7 +11,7 @@ import pytest
 from conftest import clean_env, reference_probability, run_gptcli
 from support.serverfixture import free_port
 
-from gptcli.backends.generation import Finish, TokenEvent
+from gptcli.backends.events import Finish, TokenEvent
 from gptcli.backends.remote import RemoteBackend
 from gptcli.errors import GptcliError
 from gptcli.sampling.sampler import SamplingParams

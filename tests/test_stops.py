@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from gptcli.backends.generation import Finish, Generation, TokenEvent, _held_back
+from gptcli.backends.events import Finish, TokenEvent
+from gptcli.backends.generation import Generation, _held_back
 from gptcli.llama.engine import Engine, EngineOptions
 from gptcli.sampling.sampler import Sampler, SamplingParams
 

@@ -24,7 +24,8 @@ from gptcli.backends.constraints import (
     server_fields,
     unsupported_keywords,
 )
-from gptcli.backends.generation import Generation, TokenEvent
+from gptcli.backends.events import TokenEvent
+from gptcli.backends.generation import Generation
 from gptcli.errors import UsageError
 from gptcli.llama.engine import Engine, EngineOptions
 from gptcli.llama.grammar import Grammar

@@ -73,7 +73,7 @@ def test_guard_is_exact_for_a_pipe_and_escapes_for_a_terminal():
 
 
 def test_text_renderer_escapes_on_a_terminal_only():
-    from gptcli.backends.generation import TokenEvent
+    from gptcli.backends.events import TokenEvent
     from gptcli.render.stream import TextRenderer
 
     for out, raw in ((_Tty(), False), (io.StringIO(), True)):

@@ -178,7 +178,7 @@ class Backend:
 
 def collect_text(events: Iterable) -> str:
     """The whole text of a generation's events."""
-    from gptcli.backends.generation import Finish
+    from gptcli.backends.events import Finish
 
     parts = []
     for event in events:

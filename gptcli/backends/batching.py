@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gptcli.backends.generation import Finish, Timings, TokenEvent, _held_back
+from gptcli.backends.events import Finish, Timings, TokenEvent
+from gptcli.backends.generation import _held_back
 from gptcli.errors import GptcliError
 from gptcli.llama.batch import BatchedEngine
 from gptcli.llama.engine import ContextFull, Engine

@@ -21,7 +21,7 @@ import numpy as np
 
 from gptcli.backends import dialects
 from gptcli.backends.base import Backend, Capabilities, NextStep, Request, collect_text, require
-from gptcli.backends.generation import Finish, Timings, TokenEvent
+from gptcli.backends.events import Finish, Timings, TokenEvent
 from gptcli.backends.http import ConnectionLost, HttpClient, NoAnswer
 from gptcli.errors import GptcliError, UsageError
 from gptcli.limits import LINE_RETRIES, MAX_EMPTY_EVENTS

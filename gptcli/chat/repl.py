@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from gptcli.backends.base import Backend
 from gptcli.backends.constraints import Constraint
-from gptcli.backends.generation import Finish, TokenEvent
+from gptcli.backends.events import Finish, TokenEvent
 from gptcli.backends.remote import NO_LOGPROBS
 from gptcli.chat.session import MODEL_PROBS, ChatSession, LastReply, open_session
 from gptcli.console import notice, print_error, stderr_console

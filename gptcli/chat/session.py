@@ -20,7 +20,8 @@ from typing import Protocol
 
 from gptcli.backends.base import Backend
 from gptcli.backends.constraints import Constraint
-from gptcli.backends.generation import Finish, Generation, TokenEvent
+from gptcli.backends.events import Finish, TokenEvent
+from gptcli.backends.generation import Generation
 from gptcli.backends.local import LocalBackend
 from gptcli.backends.remote import RemoteBackend
 from gptcli.chat.conversation import Conversation, Prepared, RemoteConversation

@@ -112,7 +112,7 @@ def generate(
     """Generate text from PROMPT (and piped stdin), streaming tokens to stdout."""
     from gptcli.backends import open_backend
     from gptcli.backends.base import Request, lacking
-    from gptcli.backends.generation import TokenEvent
+    from gptcli.backends.events import TokenEvent
     from gptcli.commands.options import (
         check_max_tokens,
         constraint_from,

@@ -15,7 +15,7 @@ from gptcli.console import stderr_console
 from gptcli.terminal import Guard, is_terminal
 
 if TYPE_CHECKING:
-    from gptcli.backends.generation import Finish, TokenEvent
+    from gptcli.backends.events import Finish, TokenEvent
 
 
 class TextRenderer:

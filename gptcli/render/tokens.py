@@ -23,7 +23,7 @@ from gptcli.terminal import Guard, json_safe
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from gptcli.backends.generation import Finish, TokenEvent
+    from gptcli.backends.events import Finish, TokenEvent
     from gptcli.sampling.sampler import Draw
 
 # The fixed scale: (lowest probability, name, rich style), highest band first.
