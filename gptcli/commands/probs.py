@@ -105,15 +105,15 @@ def next_token(
 
         require(backend, "full_distribution", f"drop {constraint.option}", exit_code=2)
     if constraint is not None and not json_out:
-        from gptcli.render.tokens import NextMaskedChart
+        from gptcli.render.next import NextMaskedChart
 
         view = NextMaskedChart(backend.piece)
     elif json_out:
-        from gptcli.render.tokens import NextJsonWriter
+        from gptcli.render.next import NextJsonWriter
 
         view = NextJsonWriter(backend.piece)
     else:
-        from gptcli.render.tokens import NextChart
+        from gptcli.render.next import NextChart
 
         view = NextChart(backend.piece)
     extra = {"constraint": constraint} if constraint is not None else {}
@@ -173,11 +173,11 @@ def score(
         apply_steer(backend, steer, steer_layers)
     result = backend.score(text)
     if json_out:
-        from gptcli.render.tokens import score_json
+        from gptcli.render.score import score_json
 
         score_json(result, backend.piece, worst)
     else:
-        from gptcli.render.tokens import score_text
+        from gptcli.render.score import score_text
 
         score_text(result, backend.piece, worst, skip=backend.is_control)
 

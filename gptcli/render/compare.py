@@ -15,16 +15,8 @@ from typing import TextIO
 
 from gptcli.backends.comparison import Compared, Summary
 from gptcli.console import shows_colour
-from gptcli.render.tokens import (
-    DIM,
-    _escapes,
-    _pad,
-    fmt_prob,
-    fold,
-    out_width,
-    token_label,
-    token_object,
-)
+from gptcli.render.next import _pad
+from gptcli.render.tokens import DIM, _escapes, fmt_prob, fold, out_width, token_label, token_object
 from gptcli.terminal import Guard, json_safe
 
 LN2 = math.log(2.0)
