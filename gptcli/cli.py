@@ -16,12 +16,12 @@ import sys
 import typer
 from typer.core import TyperGroup
 
+from gptcli import __version__
+from gptcli.console import print_error
 from gptcli.errors import ExitCode, GptcliError, Terminated
 
 
 def _error_line(message: str) -> None:
-    from gptcli.console import print_error
-
     print_error(message)
 
 
@@ -386,8 +386,6 @@ _register_commands()
 
 def _print_version(value: bool) -> None:
     if value:
-        from gptcli import __version__
-
         typer.echo(f"gptcli {__version__}")
         raise typer.Exit(0)
 

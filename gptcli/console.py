@@ -7,8 +7,11 @@ honours NO_COLOR, FORCE_COLOR and pipes.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import TYPE_CHECKING
+
+from gptcli.terminal import safe
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -42,8 +45,6 @@ def stdout_console() -> Console:
 def pipe_width(default: int) -> int:
     """The width of a table written to a pipe: COLUMNS when the user set it, else
     `default` (a pipe has no width of its own)."""
-    import os
-
     columns = os.environ.get("COLUMNS", "")
     return int(columns) if columns.isdigit() and int(columns) > 0 else default
 
@@ -52,8 +53,6 @@ def print_error(message: str) -> None:
     """One line on stderr: `gptcli: error: ...`."""
     console = stderr_console()
     from rich.text import Text
-
-    from gptcli.terminal import safe
 
     line = Text("gptcli: error: ", style="bold red")
     # A message, not data: always one line, nothing in it a terminal acts on.
@@ -64,8 +63,6 @@ def print_error(message: str) -> None:
 def notice(message: str) -> None:
     """A dim informational line on stderr."""
     from rich.text import Text
-
-    from gptcli.terminal import safe
 
     stderr_console().print(Text(safe(message), style="dim"), soft_wrap=True)
 

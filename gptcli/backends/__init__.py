@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gptcli.backends.base import Backend, silent
+from gptcli.backends.local import LocalBackend
+from gptcli.llama.load import load_engine
+from gptcli.model.hub import set_timeout
 
 
 def ignored_local_options(
@@ -44,12 +47,7 @@ def open_backend(
         ignored_local_options(ctx, threads, gpu_layers, verbose, notify)
         backend = RemoteBackend(server, model=model, timeout=timeout)
     else:
-        from gptcli.backends.local import LocalBackend
-        from gptcli.llama.load import load_engine
-
         if timeout is not None:
-            from gptcli.model.hub import set_timeout
-
             set_timeout(timeout)  # `-m owner/repo:QUANT` may pull first
         backend = LocalBackend(load_engine(model, ctx, threads, gpu_layers, verbose))
     backend.notify = notify

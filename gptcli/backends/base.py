@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
+from gptcli.backends.lines import line_prompt, ordered
 from gptcli.errors import GptcliError
 
 if TYPE_CHECKING:  # types only: sampling brings numpy, which --help does without
@@ -161,7 +162,6 @@ class Backend:
         """The whole text of one generation per line (`prefix`, a blank line, then the
         line), in input order, `jobs` at a time; a blank line gives a blank text.
         The one place a batched local implementation (issue 16) plugs in."""
-        from gptcli.backends.lines import line_prompt, ordered
 
         def work(line: str) -> str:
             if not line.strip():

@@ -29,6 +29,7 @@ from gptcli.backends.generation import _held_back
 from gptcli.errors import GptcliError
 from gptcli.llama.batch import BatchedEngine
 from gptcli.llama.engine import ContextFull, Engine
+from gptcli.llama.prompt import chat_format, chat_prompt, messages_for, raw_prompt
 from gptcli.llama.sampler_chain import NativeSampler
 from gptcli.sampling.sampler import Sampler, SamplingParams, check_logits
 
@@ -283,7 +284,6 @@ def line_prompts(
     """How a line becomes a prompt, as one `generate` prompt is made (PROMPT, a blank
     line, then the line; raw, or in the chat template), and the stop strings the
     format adds."""
-    from gptcli.llama.prompt import chat_format, chat_prompt, messages_for, raw_prompt
 
     def text(line: str) -> str:
         return f"{prefix}\n\n{line}" if prefix else line

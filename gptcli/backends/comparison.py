@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gptcli.errors import GptcliError, UsageError
+from gptcli.llama.prompt import raw_prompt
 from gptcli.sampling.sampler import NonFiniteLogits
 
 ROWS_AT_ONCE = 64  # rows of each model's logits turned into distributions at a time
@@ -354,8 +355,6 @@ def compare_models(
     """Compare two models on `text`, one loaded at a time. open_a(n_ctx) and
     open_b(n_ctx) load a model with that context (0: its own); open_b_vocab() loads
     only B's tokenizer, to refuse another vocabulary before A runs."""
-    from gptcli.llama.prompt import raw_prompt
-
     vocab_b = open_b_vocab()
     try:
         known_b, tokens_b, name_b = vocab_b.vocabulary(), raw_prompt(vocab_b, text), vocab_b.name

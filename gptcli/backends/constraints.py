@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from gptcli.errors import UsageError
+from gptcli.errors import GptcliError, UsageError
 from gptcli.limits import (
     MAX_GRAMMAR_BYTES,
     MAX_GRAMMAR_NESTING,
@@ -353,8 +353,6 @@ def _limit(max_tokens: int | None) -> str:
 def check_complete(finish, constraint: Constraint, max_tokens: int | None) -> None:
     """Exit 1 (after the partial text, already printed) when the output stopped before
     its document was whole: scripts notice, nothing is lost."""
-    from gptcli.errors import GptcliError
-
     if finish is None:
         return
     complete = finish.complete
@@ -371,8 +369,6 @@ def one_document_per_line(texts, constraint: Constraint, max_tokens: int | None)
     """--each-line outputs under a constraint: a JSON document's line breaks (whitespace
     only: JSON strings hold none raw) become spaces, so the result is JSON Lines; a
     document cut short makes the run end with exit 1 once every line is out."""
-    from gptcli.errors import GptcliError
-
     partial = total = 0
     for text in texts:
         total += 1

@@ -7,7 +7,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from gptcli.errors import UsageError
+from gptcli.errors import GptcliError, UsageError
 from gptcli.limits import MAX_PROMPT_BYTES
 from gptcli.untrusted import size_text
 
@@ -98,8 +98,6 @@ def report_failures(
     """(text, error) per line to the texts; a failed line is reported (one error line on
     stderr) and gives an empty output line, and once all are through, a failure (non-zero
     exit) says how many lines failed."""
-    from gptcli.errors import GptcliError
-
     failed = total = 0
     for text, error in results:
         total += 1

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from gptcli.backends.base import Backend, Capabilities, NextStep, Request
+from gptcli.backends.lines import line_prompt
 from gptcli.errors import UsageError
+from gptcli.llama.template import PLAIN_NOTICE
 
 LOCAL = Capabilities(
     full_distribution=True,
@@ -61,8 +63,6 @@ class LocalBackend(Backend):
             return raw_prompt(engine, request.text), []
         fmt = chat_format(engine)
         if fmt.template is None:
-            from gptcli.llama.template import PLAIN_NOTICE
-
             self._once(PLAIN_NOTICE + " (--raw for plain completion)")
         tokens = chat_prompt(engine, messages_for(request.text, request.system), fmt)
         return tokens, list(fmt.stops)
@@ -108,7 +108,6 @@ class LocalBackend(Backend):
         order, `jobs` lines decoded together; a failed line is one error line on stderr,
         and a failure once every line is through."""
         from gptcli.backends.batching import BatchSettings, report_failures, run_lines
-        from gptcli.backends.lines import line_prompt
 
         def prompt_for(line: str) -> list[int]:
             return self.prompt_tokens(replace(request, text=line_prompt(prefix, line)))[0]

@@ -15,17 +15,23 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from gptcli.backends import dialects
 from gptcli.backends.base import Backend, Capabilities, NextStep, Request, collect_text, require
+from gptcli.backends.constraints import server_fields
 from gptcli.backends.events import Finish, Timings, TokenEvent
 from gptcli.backends.http import ConnectionLost, HttpClient, NoAnswer
+from gptcli.backends.lines import line_prompt, ordered, report_failures
+from gptcli.backends.scoring import Scores
 from gptcli.errors import GptcliError, UsageError
 from gptcli.limits import LINE_RETRIES, MAX_EMPTY_EVENTS
+from gptcli.llama.prompt import messages_for
+from gptcli.sampling.distribution import Candidate, NextTokens
 from gptcli.sampling.sampler import Alternative, Draw
+from gptcli.terminal import safe
 
 UNKNOWN = float("nan")  # a probability the server did not report
 _EMPTY_I = np.empty(0, dtype=np.int64)
@@ -191,13 +197,7 @@ class RemoteBackend(Backend):
         return body
 
     def start(self, request: Request) -> RemoteGeneration:
-        from gptcli.llama.prompt import messages_for
-
         if request.constraint is not None:
-            from dataclasses import replace
-
-            from gptcli.backends.constraints import server_fields
-
             extra = server_fields(request.constraint, self.dialect.name)
             generation = self.start(replace(request, constraint=None))
             generation.body.update(extra)  # sent when the generation is iterated
@@ -242,8 +242,6 @@ class RemoteBackend(Backend):
     def _native(self, request: Request, n_top: int) -> RemoteGeneration:
         """llama-server's own /completion with post_sampling_probs: the probabilities
         after its sampler chain (top-k, top-p, min-p, temperature), as --probs shows."""
-        from gptcli.llama.prompt import messages_for
-
         prompt = request.text
         if not request.raw:
             messages = messages_for(request.text, request.system)
@@ -265,9 +263,6 @@ class RemoteBackend(Backend):
         sent once more (limits.LINE_RETRIES); a line that still fails is an error line
         on stderr and an empty output line, the others go on, and the run fails at the
         end (as a local line too long for the context)."""
-        from dataclasses import replace
-
-        from gptcli.backends.lines import line_prompt, ordered, report_failures
 
         def work(line: str) -> tuple[str, str | None]:
             if not line.strip():
@@ -293,9 +288,6 @@ class RemoteBackend(Backend):
     ) -> Iterator[NextStep]:
         """The top candidates at temperature 1 after `text`, for `steps` greedy steps,
         from one greedy completion with log probabilities."""
-        from gptcli.llama.prompt import messages_for
-        from gptcli.sampling.distribution import Candidate, NextTokens
-
         if not text:
             raise UsageError(
                 "empty prompt: with --server, give the text so far (a server cannot show "
@@ -351,8 +343,6 @@ class RemoteBackend(Backend):
     def score(self, text: str):
         """Each prompt token's log probability given the ones before it, from
         `/v1/completions` with `echo` (one token generated, then dropped)."""
-        from gptcli.backends.scoring import Scores
-
         require(
             self,
             "prompt_logprobs",
@@ -628,7 +618,5 @@ class RemoteGeneration:
 def _reason(raw) -> str:
     """gptcli's word for a server's finish reason. Another word passes as the server
     wrote it, made printable: it reaches --stats and the chat REPL on a terminal."""
-    from gptcli.terminal import safe
-
     text = str(raw)[:100] if raw else "stop"  # a server's word, not a page of it
     return dialects.REASONS.get(text) or safe(text)

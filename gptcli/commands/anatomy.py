@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gptcli.commands.options import ModelOpt, VerboseOpt
+from gptcli.commands.options import ModelOpt, VerboseOpt, read_input
+from gptcli.errors import UsageError
+from gptcli.terminal import safe
 
 if TYPE_CHECKING:
     from gptcli.inside.embeddings import EmbeddingSpace, Query
@@ -109,7 +111,6 @@ def _print_anatomy(a: Anatomy) -> None:
         head = Table.grid(padding=(0, 2))
         head.add_column(style="bold")
         head.add_column()
-        from gptcli.terminal import safe
 
         for key, value in facts:
             head.add_row(key, Text(safe(value)))  # the name comes from the file
@@ -153,7 +154,6 @@ def tokenize(
 ) -> None:
     """Cut TEXT into the model's tokens: each token as a chip, special tokens marked,
     spaces shown as ␣ and partial UTF-8 bytes as <0xE2>."""
-    from gptcli.commands.options import read_input
     from gptcli.render.tokens import token_label
 
     data = read_input(text)
@@ -296,8 +296,6 @@ class _Space:
 
 
 def _check_top(top: int) -> None:
-    from gptcli.errors import UsageError
-
     if top < 1:
         raise UsageError(f"--top must be at least 1, got {top}")
 

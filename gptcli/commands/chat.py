@@ -29,7 +29,12 @@ from gptcli.commands.options import (
     TopKOpt,
     TopPOpt,
     VerboseOpt,
+    check_max_tokens,
+    constraint_from,
+    sampling_params,
 )
+from gptcli.commands.steer import apply_steer
+from gptcli.console import notice, print_error
 from gptcli.sampling import defaults as D
 
 ResumeOpt = Annotated[
@@ -70,8 +75,6 @@ def chat(
     from gptcli.backends import open_backend
     from gptcli.chat.conversation import read_transcript
     from gptcli.chat.repl import run_chat
-    from gptcli.commands.options import check_max_tokens, constraint_from, sampling_params
-    from gptcli.console import notice, print_error
 
     params = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     check_max_tokens(max_tokens)
@@ -90,8 +93,6 @@ def chat(
         report_error=print_error,
     )
     if steer or steer_layers:
-        from gptcli.commands.steer import apply_steer
-
         apply_steer(backend, steer, steer_layers)
     try:
         code = run_chat(

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from gptcli.commands.options import GpuLayersOpt, ServerOpt, ThreadsOpt, VerboseOpt
+from gptcli.console import notice, print_error, stderr_console
+from gptcli.errors import UsageError
 
 PROGRESS_FROM = 256  # tokens: shorter texts are done before a bar would help
 
@@ -50,7 +52,6 @@ def compare(
     summary (mean KL in nats). One model is loaded at a time: A's logits wait in a
     temporary file while B runs."""
     from gptcli.backends.scoring import read_text
-    from gptcli.errors import UsageError
 
     if worst < 0:
         raise UsageError(f"--worst must be 0 or more, got {worst}")
@@ -90,7 +91,6 @@ def _refuse_remote(server: str, model: str) -> None:
     """A server gives 20 log probabilities per token at most: KL needs them all."""
     from gptcli.backends import open_backend
     from gptcli.backends.base import require
-    from gptcli.console import notice, print_error
 
     backend = open_backend(server, model, notify=notice, report_error=print_error)
     try:
@@ -123,8 +123,6 @@ class _Progress:
     """A bar per model on stderr for long texts; nothing off a terminal."""
 
     def __enter__(self):
-        from gptcli.console import stderr_console
-
         self._bar = None
         self._tasks: dict[str, int] = {}
         self._console = stderr_console()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from gptcli import __version__
 from gptcli.commands.options import ModelOpt
+from gptcli.errors import GptcliError
+from gptcli.terminal import safe
 
 
 def doctor(model: ModelOpt = None) -> None:
@@ -14,7 +17,6 @@ def doctor(model: ModelOpt = None) -> None:
     import sys
     from importlib import metadata
 
-    from gptcli import __version__
     from gptcli.llama import engine
     from gptcli.model import resolve as models
 
@@ -79,7 +81,6 @@ def _label(path) -> str:
 
 def _device(d) -> str:
     from gptcli.llama.resources import human
-    from gptcli.terminal import safe
 
     if d.kind == "cpu":  # llama.cpp reports all of RAM as free for the CPU
         memory = f"{human(d.total)} RAM"
@@ -90,7 +91,6 @@ def _device(d) -> str:
 
 def _gpu_layers(model: str | None, offload: bool) -> str:
     """What the default -ngl would offload for the model (-m, else the default one)."""
-    from gptcli.errors import GptcliError
     from gptcli.model import resolve as models
     from gptcli.model.gguf_check import read_header
 

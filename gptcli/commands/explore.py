@@ -19,7 +19,10 @@ from gptcli.commands.options import (
     SystemOpt,
     ThreadsOpt,
     VerboseOpt,
+    sampling_params,
 )
+from gptcli.commands.steer import steer_engine
+from gptcli.errors import UsageError
 from gptcli.limits import EXPLORE_MAX_STEPS
 from gptcli.sampling import defaults as D
 
@@ -81,8 +84,6 @@ def explore(
     """Walk the next-token distribution token by token: see every candidate with its
     probability, take another one, step back, branch, change the temperature and
     truncation and watch the bars move. `?` in the app lists the keys."""
-    from gptcli.commands.options import sampling_params
-    from gptcli.errors import UsageError
     from gptcli.explorer.tree import TreeFileError
     from gptcli.llama.load import load_engine
 
@@ -107,8 +108,6 @@ def explore(
 
     engine = load_engine(model, ctx, threads, gpu_layers, verbose)
     if steer or steer_layers:
-        from gptcli.commands.steer import steer_engine
-
         steer_engine(engine, steer, steer_layers)
     from gptcli.explorer.session import Session, load_tree, model_id
 
@@ -135,7 +134,6 @@ def explore(
 
 def new_tree(engine, text: str, chat: bool, system: str | None, mid):
     """A tree holding only the prompt: raw text, or the chat template around it."""
-    from gptcli.errors import UsageError
     from gptcli.explorer.session import prompt_tokens
     from gptcli.explorer.tree import Tree
 

@@ -30,8 +30,15 @@ from gptcli.commands.options import (
     TopKOpt,
     TopPOpt,
     VerboseOpt,
+    check_max_tokens,
+    constraint_from,
+    read_input,
+    sampling_params,
 )
-from gptcli.errors import GptcliError
+from gptcli.commands.steer import apply_steer
+from gptcli.console import notice, print_error
+from gptcli.errors import GptcliError, Terminated, UsageError
+from gptcli.limits import MAX_JOBS
 from gptcli.sampling import defaults as D
 
 
@@ -113,14 +120,6 @@ def generate(
     from gptcli.backends import open_backend
     from gptcli.backends.base import Request, lacking
     from gptcli.backends.events import TokenEvent
-    from gptcli.commands.options import (
-        check_max_tokens,
-        constraint_from,
-        read_input,
-        sampling_params,
-    )
-    from gptcli.console import notice, print_error
-    from gptcli.errors import Terminated
     from gptcli.render.stream import TextRenderer, print_stats
 
     params = sampling_params(temperature, top_k, top_p, min_p, repeat_penalty, seed)
@@ -143,8 +142,6 @@ def generate(
         report_error=print_error,
     )
     if steer or steer_layers:
-        from gptcli.commands.steer import apply_steer
-
         apply_steer(backend, steer, steer_layers)
     request = Request(text or "", raw, system, params, max_tokens, tuple(stop or ()))
     if constraint is not None:
@@ -157,7 +154,6 @@ def generate(
         from gptcli.render.stream import print_in_order
 
         if probs or json_out:  # one JSON object per line (a local model: checked above)
-            from gptcli.errors import UsageError
             from gptcli.render.tokens import write_lines_json
 
             if constraint is not None:
@@ -255,9 +251,6 @@ def _no_numbers(draw, model: bool) -> bool:
 def check_each_line(
     each_line: bool, jobs: int, server: str | None, probs: bool, json_out: bool
 ) -> None:
-    from gptcli.errors import UsageError
-    from gptcli.limits import MAX_JOBS
-
     if not each_line:
         raise UsageError("-j needs --each-line")
     if not 1 <= jobs <= MAX_JOBS:
@@ -273,8 +266,6 @@ def check_probs_options(
     probs: bool, probs_kind: str, alternatives: int | None, json_out: bool
 ) -> bool:
     """Validate the probability options; True when the model's probability is shown."""
-    from gptcli.errors import UsageError
-
     if probs_kind not in PROBS_KINDS:
         raise UsageError(f"--probs-kind must be sampled or model, got {probs_kind!r}")
     if json_out and probs:
@@ -288,8 +279,6 @@ def check_probs_options(
 
 
 def raise_alternatives(k: int, most: int) -> None:
-    from gptcli.errors import UsageError
-
     raise UsageError(f"--alternatives must be at most {most} (the vocabulary), got {k}")
 
 

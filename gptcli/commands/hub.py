@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 
 from gptcli.commands.options import ServerOpt, TimeoutOpt
+from gptcli.errors import GptcliError, UsageError
+from gptcli.terminal import Guard, is_terminal, safe
 
 
 def pull(
@@ -35,8 +37,6 @@ def pull(
 
     entry = catalogue.lookup(ref) if "/" not in ref else None
     if entry is None and "/" not in ref:
-        from gptcli.errors import UsageError
-
         raise UsageError(
             f"not a catalogue name or hub reference: {ref} "
             "(gptcli list --available shows the names; or owner/repo[:QUANT])"
@@ -84,8 +84,6 @@ def _print_server_models(url: str, timeout: float | None) -> None:
     server = RemoteBackend(url, timeout=timeout)
     import sys
 
-    from gptcli.terminal import Guard, is_terminal
-
     guard = Guard(is_terminal(sys.stdout))  # ids are the server's text
     models = server.models()
     for m in models:
@@ -100,7 +98,6 @@ def rm(
     ],
 ) -> None:
     """Remove a pulled model from the Hugging Face cache and report the space freed."""
-    from gptcli.errors import GptcliError
     from gptcli.model import catalogue, hub
     from gptcli.model.refs import human_size
 
@@ -138,7 +135,6 @@ def _table(title: str, columns: list[str], rows: list[list[str]], empty: str) ->
     table = Table(title=title, title_justify="left", box=None, header_style="bold")
     for c in columns:
         table.add_column(c, overflow="fold", justify="right" if c in ("SIZE", "PARAMS") else "left")
-    from gptcli.terminal import safe
 
     for row in rows:
         table.add_row(*(safe(c) for c in row))  # names from headers and the hub

@@ -17,6 +17,7 @@ from gptcli.commands.options import (
     SystemOpt,
     ThreadsOpt,
     VerboseOpt,
+    read_input,
 )
 
 PromptArg = Annotated[str | None, typer.Argument(help="The text to look inside; stdin too.")]
@@ -28,7 +29,6 @@ def _prepare(prompt, model, chat, system, ctx, threads, gpu_layers, verbose, ser
     """The engine and the prompt's tokens, from a backend that gives its internals."""
     from gptcli.backends import open_backend
     from gptcli.backends.base import require
-    from gptcli.commands.options import read_input
     from gptcli.console import notice, print_error
     from gptcli.errors import ExitCode, UsageError
     from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt

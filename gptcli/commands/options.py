@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 
 from gptcli.errors import UsageError
+from gptcli.limits import MAX_PROMPT_BYTES, MAX_TIMEOUT_S
+from gptcli.untrusted import size_text
 
 ModelOpt = Annotated[
     str | None,
@@ -123,8 +125,6 @@ SteerLayersOpt = Annotated[
 def _check_timeout(value: float | None) -> float | None:
     import math
 
-    from gptcli.limits import MAX_TIMEOUT_S
-
     if value is not None and not (0 < value <= MAX_TIMEOUT_S and math.isfinite(value)):
         raise typer.BadParameter(f"must be more than 0 and at most {MAX_TIMEOUT_S:g} s")
     return value
@@ -176,9 +176,6 @@ def read_input(prompt: str | None, *, required: bool = True) -> str:
     piped = ""
     stdin = sys.stdin
     if stdin is not None and not stdin.isatty():
-        from gptcli.limits import MAX_PROMPT_BYTES
-        from gptcli.untrusted import size_text
-
         try:
             if hasattr(stdin, "buffer"):
                 data = stdin.buffer.read(MAX_PROMPT_BYTES + 1)

@@ -21,7 +21,11 @@ from gptcli.commands.options import (
     ThreadsOpt,
     TimeoutOpt,
     VerboseOpt,
+    constraint_from,
+    read_input,
 )
+from gptcli.console import notice, print_error
+from gptcli.errors import UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout, for scripts.")]
 
@@ -66,9 +70,6 @@ def next_token(
     --format or --grammar: the model's and the masked distribution side by side; under
     --steer: the unsteered and the steered distribution side by side."""
     from gptcli.backends import open_backend
-    from gptcli.commands.options import read_input
-    from gptcli.console import notice, print_error
-    from gptcli.errors import UsageError
     from gptcli.sampling.distribution import parse_temperatures
 
     try:
@@ -79,7 +80,6 @@ def next_token(
         raise UsageError(f"--top must be at least 1, got {top}")
     if steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
-    from gptcli.commands.options import constraint_from
 
     constraint = constraint_from(json_schema, output_format, grammar)
     text = read_input(prompt, required=prompt is None)
@@ -150,8 +150,6 @@ def score(
     given all the tokens before it, the least likely ones, perplexity and surprisal."""
     from gptcli.backends import open_backend
     from gptcli.backends.scoring import read_text
-    from gptcli.console import notice, print_error
-    from gptcli.errors import UsageError
 
     if worst < 0:
         raise UsageError(f"--worst must be 0 or more, got {worst}")

@@ -15,7 +15,10 @@ from gptcli.commands.options import (
     SteerLayersOpt,
     ThreadsOpt,
     VerboseOpt,
+    read_input,
+    unescape,
 )
+from gptcli.errors import UsageError
 
 steer_app = typer.Typer(
     name="steer",
@@ -32,8 +35,6 @@ steer_app = typer.Typer(
 def steer_engine(engine, specs: list[str] | None, layers: str | None):
     """Read, check and apply every --steer FILE[:SCALE] to a local engine; the
     [(vector, scale)] applied, or None when there is none."""
-    from gptcli.errors import UsageError
-
     if not specs:
         if layers is not None:
             raise UsageError("--steer-layers needs --steer")
@@ -108,7 +109,6 @@ def compare_next(engine, tokens: list[int], top: int, steps: int, temperatures):
 
 def next_steered(backend, text, chat, system, top, steps, temperatures, json_out, specs):
     """`next --steer`: the unsteered and steered distributions side by side."""
-    from gptcli.errors import UsageError
     from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
     from gptcli.render.steer import next_compared, next_compared_json
 
@@ -165,8 +165,6 @@ def lens_steered(engine, step, tokens, picked, json_out, specs, layers):
 def read_pairs(positive: Path, negative: Path) -> list[tuple[str, str]]:
     """Line i of each file is a pair; blank lines skipped and \\n-style escapes read
     (as llama-cvector-generator reads its prompt files)."""
-    from gptcli.commands.options import unescape
-    from gptcli.errors import UsageError
 
     def lines(path: Path) -> list[str]:
         try:
@@ -238,7 +236,6 @@ def make(
     import time
 
     from gptcli.console import notice, stderr_console
-    from gptcli.errors import UsageError
     from gptcli.inside import steering as S
     from gptcli.llama.load import load_engine
 
@@ -319,9 +316,7 @@ def sweep(
     """One greedy continuation of PROMPT per scale of the vector, a line each."""
     from gptcli.backends.base import Request, collect_text
     from gptcli.backends.local import LocalBackend
-    from gptcli.commands.options import read_input
     from gptcli.console import notice, print_error
-    from gptcli.errors import UsageError
     from gptcli.inside import steering as S
     from gptcli.llama.load import load_engine
     from gptcli.render.steer import sweep_line

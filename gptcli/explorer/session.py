@@ -9,6 +9,7 @@ nothing and accepting a token, on any branch, evaluates that one token.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -19,6 +20,7 @@ from gptcli.explorer.dist import NodeLogits, View, view
 from gptcli.explorer.tree import ModelId, Node, Tree
 from gptcli.limits import EXPLORE_CHECK_NODES, EXPLORE_PROB_TOLERANCE
 from gptcli.llama.engine import Engine
+from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
 from gptcli.sampling.sampler import Sampler, SamplingParams
 
 CACHE_BYTES = 256 * 1024 * 1024  # logits kept for revisits; older nodes are re-evaluated
@@ -246,8 +248,6 @@ def _rank_in(v: View, token: int) -> int:
 def prompt_tokens(engine: Engine, text: str, chat: bool, system: str | None) -> list[int]:
     """The tokens the model sees for a prompt: raw text, or the chat template around it;
     an empty prompt is BOS alone (what `next` shows after nothing)."""
-    from gptcli.llama.prompt import chat_prompt, messages_for, raw_prompt
-
     tokens = chat_prompt(engine, messages_for(text, system)) if chat else raw_prompt(engine, text)
     if not tokens:
         bos = engine.bos_id
@@ -284,8 +284,6 @@ def _check_probabilities(tree: Tree, engine: Engine, path: str) -> None:
     mouth; what opens carries the model's numbers. One model call per node with
     children, token by token as the explorer evaluates (a batched pass differs from
     it by up to 0.06 in probability)."""
-    import math
-
     import numpy as np
 
     inner = [nid for nid, node in enumerate(tree.nodes) if node.children]

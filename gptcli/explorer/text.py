@@ -6,6 +6,7 @@ the panels put pieces of text side by side), never sent to the terminal."""
 
 from __future__ import annotations
 
+from gptcli.render.tokens import token_label
 from gptcli.terminal import safe as _terminal_safe
 
 
@@ -22,8 +23,6 @@ def safe(text: str) -> str:
 def candidate(piece: bytes) -> str:
     """One candidate token on one line, in the notation of every token view
     (render_probs.token_label: ␣, ↵, <0xE2> for the bytes of a split character)."""
-    from gptcli.render.tokens import token_label
-
     return token_label(piece)
 
 

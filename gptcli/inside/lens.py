@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gptcli.errors import GptcliError
+from gptcli.errors import GptcliError, UsageError
 from gptcli.inside.unembedding import FinalStep
 from gptcli.llama.capture import MID_RESIDUAL, RESIDUAL, parse_name, wanting
 from gptcli.sampling.distribution import log_softmax_rows
@@ -171,8 +171,6 @@ def read_lens(
 
 def parse_positions(spec: str | None, n: int) -> list[int]:
     """'last' (default), 'all', 'I', 'A:B' (Python slice rules, negatives from the end)."""
-    from gptcli.errors import UsageError
-
     if spec is None or spec == "last":
         return [n - 1]
     if spec == "all":

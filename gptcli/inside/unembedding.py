@@ -20,6 +20,7 @@ import numpy as np
 
 from gptcli.errors import GptcliError
 from gptcli.model.gguf_check import GGUFHeader
+from gptcli.paths import cache_root
 
 CACHE_FORMAT = 1
 
@@ -97,8 +98,6 @@ def dequantize(header: GGUFHeader, name: str) -> np.ndarray:
 
 def _cached_matrix(header: GGUFHeader, name: str) -> tuple[np.ndarray, bool]:
     """(the matrix, whether it had to be dequantized now)."""
-    from gptcli.paths import cache_root
-
     path = header.path.resolve()
     st = path.stat()
     key = f"{CACHE_FORMAT}:{path}:{st.st_size}:{st.st_mtime_ns}:{name}".encode()

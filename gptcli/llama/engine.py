@@ -20,6 +20,7 @@ import numpy as np
 from gptcli.errors import GptcliError, UsageError
 from gptcli.llama.resources import check_context_fits, check_model_fits
 from gptcli.model.gguf_check import GGUFHeader, read_header
+from gptcli.model.naming import label  # as a person writes it, quantization apart
 
 if TYPE_CHECKING:  # a type only: sampler_chain imports this module
     from gptcli.llama.sampler_chain import NativeSampler
@@ -201,8 +202,6 @@ class Engine:
 
     @property
     def name(self) -> str:
-        from gptcli.model.naming import label  # as a person writes it, quantization apart
-
         return label(self.header)
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import tempfile
 
 import numpy as np
 
@@ -40,8 +41,6 @@ def _grammar_parse_error(captured: str) -> str:
 def _run_capturing_stderr(fn):
     """fn() with file descriptor 2 and llama.cpp's log captured: the grammar parser
     reports with fprintf(stderr), the rest through the log callback."""
-    import tempfile
-
     llama_cpp = lib()
     logged: list[str] = []
 

@@ -4,6 +4,10 @@ load in a child process (an abort in llama.cpp ends the child, not gptcli), then
 from __future__ import annotations
 
 from gptcli.errors import UsageError
+from gptcli.limits import MAX_THREADS
+from gptcli.llama.loadcheck import check_first_load
+from gptcli.model import resolve as models
+from gptcli.model.gguf_check import read_header
 
 
 def load_engine(
@@ -11,17 +15,13 @@ def load_engine(
 ):
     """Resolve -m, check the file, and load it into llama.cpp."""
     from gptcli.llama.engine import Engine, EngineOptions
-    from gptcli.model import resolve as models
 
     if ctx < 0:
         raise UsageError(f"--ctx must be 0 (the model's) or more, got {ctx}")
-    from gptcli.limits import MAX_THREADS
 
     if threads is not None and not 1 <= threads <= MAX_THREADS:
         raise UsageError(f"--threads must be from 1 to {MAX_THREADS}, got {threads}")
     ref = models.resolve(model)
-    from gptcli.llama.loadcheck import check_first_load
-    from gptcli.model.gguf_check import read_header
 
     header = read_header(ref.path)  # a refused file is refused before any child starts
     check_first_load(ref.path, gpu_layers, verbose)  # an abort ends a child, not us

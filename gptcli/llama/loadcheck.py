@@ -23,6 +23,9 @@ import tempfile
 from pathlib import Path
 
 from gptcli.errors import GptcliError
+from gptcli.llama.libllama import load_first
+from gptcli.paths import cache_root  # the same cache directory as embeddings
+from gptcli.terminal import safe
 
 ENV_SKIP = "GPTCLI_NO_LOAD_CHECK"
 CACHE_NAME = "loaded-models.json"
@@ -31,8 +34,6 @@ TIMEOUT_S = 900  # a load that hangs this long is reported, not waited on foreve
 
 
 def _cache_file() -> Path:
-    from gptcli.paths import cache_root  # the same cache directory as embeddings
-
     return cache_root() / CACHE_NAME
 
 
@@ -84,8 +85,6 @@ def _why(stderr: str) -> str:
     """The assertion llama.cpp printed before aborting, when there is one."""
     for line in stderr.splitlines():
         if "GGML_ASSERT" in line or "error" in line.lower():
-            from gptcli.terminal import safe
-
             return ": " + safe(line.strip()[:160])
     return ""
 
@@ -148,8 +147,6 @@ def check_first_load(
 
 def _child(argv: list[str]) -> int:
     """`python -m gptcli.llama.loadcheck PATH [NGL] [--verbose]`: load, decode one token, exit 0."""
-    from gptcli.llama.libllama import load_first
-
     load_first()  # before numpy, as the CLI does (gptcli/llama/libllama.py says why)
     from gptcli.llama.engine import Engine, EngineOptions
 

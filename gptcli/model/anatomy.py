@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gptcli.errors import GptcliError
 from gptcli.model.gguf_check import GGUFHeader, TensorInfo, _file_type_name, read_header, type_name
+from gptcli.model.naming import display_name
 
 # (kind, label) in the order the explanation walks through a transformer.
 KINDS: list[tuple[str, str]] = [
@@ -229,8 +230,6 @@ def _vocab_size(header: GGUFHeader) -> int | None:
 
 
 def _display_name(header: GGUFHeader) -> str:
-    from gptcli.model.naming import display_name
-
     return display_name(header)
 
 

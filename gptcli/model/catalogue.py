@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 
 from gptcli.errors import GptcliError
 from gptcli.model.refs import HubRef, parse_ref
@@ -32,8 +33,6 @@ class Entry:
 @cache
 def entries() -> dict[str, Entry]:
     """Every catalogue entry by name, checked: a broken data file fails loudly."""
-    from importlib import resources
-
     try:
         data = json.loads(
             resources.files(__package__).joinpath("catalogue.json").read_text("utf-8")

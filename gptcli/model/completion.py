@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+from gptcli.model import catalogue
+
 _QUANT = re.compile(r"[-.]((?:I?Q\d[A-Z0-9_]*)|F16|BF16|F32)\.gguf$", re.IGNORECASE)
 
 
@@ -37,8 +39,6 @@ def cached_models() -> list[str]:
 
 
 def catalogue_names() -> list[str]:
-    from gptcli.model import catalogue
-
     try:
         return sorted(catalogue.entries())
     except Exception:  # a broken catalogue must not break the user's shell

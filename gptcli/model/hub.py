@@ -28,9 +28,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
+from gptcli.console import notice, stderr_console
 from gptcli.errors import GptcliError, UsageError
 from gptcli.limits import HUB_TIMEOUT_S, MAX_HUB_FILES, MAX_TIMEOUT_S
+from gptcli.model.gguf_check import GGUFError, read_header
 from gptcli.model.refs import (
     HubRef,
     RemoteFile,
@@ -270,8 +273,6 @@ class _Progress:
             TransferSpeedColumn,
         )
 
-        from gptcli.console import stderr_console
-
         console = stderr_console()
         self.progress = Progress(
             TextColumn("{task.description}", markup=False),
@@ -317,8 +318,6 @@ class _Progress:
 
 
 def _notice(message: str) -> None:
-    from gptcli.console import notice
-
     notice(message)
 
 
@@ -342,8 +341,6 @@ def _digest(path: Path, f: RemoteFile, progress: _Progress | None, label: str) -
 
 
 def _check_gguf(path: Path, label: str) -> None:
-    from gptcli.model.gguf_check import GGUFError, read_header
-
     try:
         read_header(path)
     except GGUFError as e:
@@ -645,8 +642,6 @@ def _verified_blob(blob: Path, f: RemoteFile, progress: _Progress | None, label:
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
-    from urllib.parse import urlparse
-
     u = urlparse(url)
     return u.scheme, (u.hostname or "").lower(), u.port
 

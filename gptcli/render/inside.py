@@ -14,9 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gptcli.console import make_console, notice, pipe_width, stdout_console
+from gptcli.inside.attention import head_stats
 from gptcli.inside.lens import Lens
 from gptcli.limits import PIPE_WIDTH
 from gptcli.render.tokens import BANDS, band, fmt_prob, token_label, token_object, token_text
+from gptcli.terminal import json_safe
 
 Piece = Callable[[int], bytes]
 SPARK = "▁▂▃▄▅▆▇█"
@@ -25,12 +28,9 @@ SHADES = " ░▒▓█"
 
 def _console():
     """stdout's console; a pipe gets COLUMNS when it is set, else PIPE_WIDTH."""
-    from gptcli.console import stdout_console
-
     console = stdout_console()
     if console.is_terminal:
         return console
-    from gptcli.console import make_console, pipe_width
 
     return make_console(width=pipe_width(PIPE_WIDTH), highlight=False, soft_wrap=True)
 
@@ -66,8 +66,6 @@ def spark(values, scale: float | None = None) -> str:
 
 
 def _notice(message: str) -> None:
-    from gptcli.console import notice
-
     notice(message)
 
 
@@ -203,8 +201,6 @@ def lens_json(result: Lens, piece: Piece, out=None) -> None:
 
 def _write_json(obj: dict, out=None) -> None:
     """One JSON line, with no raw control character for a terminal to act on."""
-    from gptcli.terminal import json_safe
-
     out = out or sys.stdout
     out.write(json_safe(json.dumps(obj, ensure_ascii=False)) + "\n")
     out.flush()
@@ -339,8 +335,6 @@ def head_view(tokens, w: np.ndarray, piece: Piece, layer: int, head: int, no_bos
 
 def attention_stats(tokens, weights: dict[int, np.ndarray], piece: Piece) -> None:
     from rich.table import Table
-
-    from gptcli.inside.attention import head_stats
 
     console = _console()
     table = Table(box=None, pad_edge=False, header_style="bold")

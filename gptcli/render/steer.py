@@ -15,8 +15,9 @@ from typing import TextIO
 
 import numpy as np
 
-from gptcli.render.tokens import fmt_prob, token_label
-from gptcli.terminal import json_safe
+from gptcli.model.gguf_check import printable
+from gptcli.render.tokens import fmt_prob, token_label, token_object
+from gptcli.terminal import json_safe, safe
 
 Piece = Callable[[int], bytes]
 
@@ -56,8 +57,6 @@ def next_compared(step: int, c: Compared, piece: Piece, what: str, out: TextIO |
 
 
 def next_compared_json(step: int, c: Compared, piece: Piece, out: TextIO | None = None):
-    from gptcli.render.tokens import token_object
-
     out = out or sys.stdout
     obj = {
         "step": step,
@@ -156,8 +155,6 @@ def lens_compared_json(plain, steered, piece: Piece, out: TextIO | None = None) 
 
 
 def show_vector(vector, out: TextIO | None = None) -> None:
-    from gptcli.model.gguf_check import printable
-
     out = out or sys.stdout
     norms = vector.norms()
     top = max(norms.values()) or 1.0
@@ -174,8 +171,6 @@ def show_vector(vector, out: TextIO | None = None) -> None:
 
 
 def sweep_line(scale: float, text: str, out: TextIO | None = None) -> None:
-    from gptcli.terminal import safe
-
     out = out or sys.stdout
     out.write(f"{scale:>+7g}  {safe(text.replace(chr(10), ' ↵ '))}\n")
     out.flush()

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from gptcli.console import stderr_console
+from gptcli.console import shows_colour, stderr_console
 from gptcli.terminal import Guard, is_terminal
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ class TextRenderer:
         # Model or server text: escaped on a terminal, exact through a pipe.
         tty = is_terminal(self.out)
         if tty:
-            from gptcli.console import shows_colour
-
             self._guard = Guard(True, dim=shows_colour())
         else:
             self._guard = Guard(False)

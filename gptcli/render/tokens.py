@@ -12,13 +12,15 @@ from __future__ import annotations
 import codecs
 import json
 import math
+import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from gptcli.console import shows_colour
-from gptcli.terminal import Guard, json_safe
+from gptcli.console import shows_colour, stderr_console, stdout_console
+from gptcli.terminal import Guard, escape_char, json_safe, needs_escaping
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -69,8 +71,6 @@ def token_label(piece: bytes) -> str:
     embed, --probs alternatives, next, score, lens, attention): spaces as ␣, line ends
     as ↵, tabs as ⇥, the bytes of an unfinished UTF-8 character as <0xE2>; control
     characters, C1 and bidi controls as the escapes terminal.py shows (\\x1b, \\u202e)."""
-    from gptcli.terminal import escape_char, needs_escaping
-
     out = []
     for ch in piece.decode("utf-8", errors="gptcli-hexbytes"):
         if ch in _SHOWN:
@@ -84,8 +84,6 @@ def token_label(piece: bytes) -> str:
 
 def out_width(out: TextIO) -> int | None:
     """The terminal's width when `out` is one; None (no limit) for a pipe."""
-    import os
-
     try:
         return os.get_terminal_size(out.fileno()).columns if out.isatty() else None
     except (AttributeError, OSError, ValueError):
@@ -96,7 +94,6 @@ def fold(text: str, width: int | None, indent: str = "") -> str:
     """Break a plain line at spaces to fit `width` (None: as it is)."""
     if width is None or len(text) <= width:
         return text
-    import textwrap
 
     return "\n".join(textwrap.wrap(text, width, subsequent_indent=indent))
 
@@ -121,8 +118,6 @@ class _Painter:
         self.colour = colour
         if colour:
             if console is None:
-                from gptcli.console import stdout_console
-
                 console = stdout_console()
             if not shows_colour(console):  # colour asked for where rich would not give it
                 from rich.console import Console
@@ -157,8 +152,6 @@ class _Painter:
 def legend(use_model_probs: bool = False) -> None:
     """The scale, on stderr, in its colours."""
     from rich.text import Text
-
-    from gptcli.console import stderr_console
 
     kind = "model (softmax of the raw logits)" if use_model_probs else "sampled distribution"
     console = stderr_console()
