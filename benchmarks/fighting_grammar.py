@@ -2,7 +2,7 @@
 (tests/support/tinymodel.py, SmolLM2's tokenizer) under a grammar of digits (a JSON array of
 numbers), so nearly every drawn token is refused; and under --format json, where a
 random model soon opens a string and most draws pass. gptcli's Generation with
-engine.Grammar against llama-cpp-python's own grammar path
+grammar.Grammar against llama-cpp-python's own grammar path
 (`Llama(...).create_completion(..., grammar=LlamaGrammar.from_string(...))`,
 which applies the grammar to the whole vocabulary every step), same model, same
 settings (T 0.8, top-k 40, top-p 0.95, min-p 0.05), side by side in one run: tokens/s of

@@ -1,4 +1,4 @@
-"""Plain generation draws in llama.cpp's own sampler chain (engine.NativeSampler).
+"""Plain generation draws in llama.cpp's own sampler chain (sampler_chain.NativeSampler).
 
 Oracles: llama-cpp-python's Llama, whose sampler chain (penalties, top-k, top-p, min-p,
 temperature, dist(seed)) is built independently of gptcli, for sampled text; gptcli's

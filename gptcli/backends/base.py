@@ -1,7 +1,7 @@
 """The one interface every backend implements, and what each can give, as data.
 
 A command builds a `Request`, asks its backend to `start` it and hands the events
-(generation.TokenEvent, then Finish) to a renderer; `next_steps`, `score` and
+(events.TokenEvent, then Finish) to a renderer; `next_steps`, `score` and
 `tokenize` are the other questions a command asks. What a backend cannot answer
 is declared in `Capabilities`; a command that needs one calls `require` (an
 error) or `lacking` (a notice, then a degraded answer), so the wording lives here.

@@ -22,7 +22,7 @@ LOCAL = Capabilities(
     model_logprobs=True,
     prompt_logprobs=True,
     internals=True,
-    grammar=True,  # llama.cpp's grammar sampler (engine.Grammar)
+    grammar=True,  # llama.cpp's grammar sampler (grammar.Grammar)
     parallel=True,  # --each-line -j N: several sequences in one context (backends/batching.py)
     steering=True,  # llama_set_adapter_cvec (engine.set_steering)
 )
