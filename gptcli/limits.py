@@ -24,6 +24,12 @@ MAX_GRAMMAR_NESTING = 2100
 # Rule definitions: llama.cpp follows a chain of leftmost rule references recursively
 # (20,000 crash it with a stack overflow; 8,000 take 2.5 s to parse).
 MAX_GRAMMAR_RULES = 4000
+# Copies of something that can match nothing (`x ::= "a"?` then `x{0,200}`): llama.cpp
+# expands every way of matching nothing when it sets the grammar up, in time that grows
+# with about the fourth power of the count (x{0,40} 1.3 s, x{0,100} 25 s, x{0,200} over a
+# minute, measured). Counted along the grammar: added over a sequence, multiplied through
+# nesting ((x{0,6}){0,7} counts 42, 3 s); more than this is refused.
+MAX_GRAMMAR_EMPTY_REPEATS = 32
 
 # JSON the user hands us (--json-schema, chat transcripts): nesting deeper than this is
 # refused before any recursive code walks it (Python's json raises RecursionError at

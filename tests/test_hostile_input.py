@@ -85,6 +85,10 @@ GRAMMARS = [  # (id, grammar file text, what the one error line says)
         f"parentheses nest more than {MAX_GRAMMAR_NESTING} deep",
     ),
     ("rule-chain", _CHAIN, f"more than {MAX_GRAMMAR_RULES} rules"),
+    # llama.cpp sets up every way of matching nothing: x{0,200} took over a minute
+    ("empty-repeated", 'x ::= "a"?\nroot ::= x{0,200} "b"\n', "can match nothing more than"),
+    ("empty-in-sequence", 'x ::= "a"?\nroot ::= x{0,20} x{0,20} "b"\n', "can match nothing"),
+    ("empty-nested", 'root ::= (("a"?){0,6}){0,7} "b"\n', "repeats something that can match nothing"),
     ("many-megabytes", 'root ::= "' + "a" * (MAX_GRAMMAR_BYTES + 1) + '"\n', "larger than 4 MiB"),
 ]
 
@@ -186,7 +190,9 @@ def test_schemas_and_grammars_at_the_limits_still_run(tiny_model, tmp_path):
     assert rc in (0, 1) and "Traceback" not in err, err
     assert out.startswith('"'), out
     grammar = tmp_path / "g.gbnf"
-    grammar.write_text('root ::= "a"{1,2000} ' + "(" * 200 + '"b"' + ")" * 200 + "\n")
+    grammar.write_text(
+        'root ::= "a"{1,2000} ' + "(" * 200 + '"b"' + ")" * 200 + ' ("c"?){0,32}\n'
+    )  # ("c"?){0,32}: at the limit for repeating what can match nothing
     rc, out, err = run_limited(
         "generate", "-m", str(tiny_model), "-n", "4", "-t", "0", "--grammar", str(grammar), "x"
     )  # fmt: skip

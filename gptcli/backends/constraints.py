@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from gptcli.errors import GptcliError, UsageError
 from gptcli.limits import (
     MAX_GRAMMAR_BYTES,
+    MAX_GRAMMAR_EMPTY_REPEATS,
     MAX_GRAMMAR_NESTING,
     MAX_GRAMMAR_REPEAT,
     MAX_GRAMMAR_RULES,
@@ -162,6 +163,7 @@ def check_gbnf(gbnf: str, option: str) -> None:
                 )
         elif c == "{" and (m := _REPEAT.match(gbnf, part.start())):
             _check_repeat(m, gbnf, option)
+    _check_empty_repeats(gbnf, option)
 
 
 def _check_repeat(m: re.Match, gbnf: str, option: str) -> None:
@@ -175,6 +177,128 @@ def _check_repeat(m: re.Match, gbnf: str, option: str) -> None:
             )
     if comma and hi and int(hi) < int(lo):
         raise UsageError(f"{option}: repetition {where} has its minimum above its maximum")
+
+
+# Enough of GBNF to know what can match nothing: comments, literals, classes, token
+# references (<...>, !<...>), names, `::=`, `|`, parentheses, postfix operators and `.`.
+_GBNF_TOKENS = re.compile(
+    r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|!?<[^>]*>|[A-Za-z0-9_-]+|::=|\{[^}]*\}|.',
+    re.S,
+)
+
+
+def _grammar_rules(gbnf: str) -> dict[str, list[list[list]]]:
+    """Rules as alternatives of elements [atom, lo, hi]; an atom is "empty", "term" or a
+    rule name; each parenthesised group becomes a rule of its own. Built without
+    recursion: nesting is bounded by MAX_GRAMMAR_NESTING, not by Python's stack."""
+    toks = [t for t in _GBNF_TOKENS.findall(gbnf) if t.strip() and not t.startswith("#")]
+    rules: dict[str, list[list[list]]] = {}
+    groups = 0
+    stack: list[tuple[str, list[list[list]]]] = []
+    i = 0
+    while i < len(toks):
+        t = toks[i]
+        if i + 1 < len(toks) and toks[i + 1] == "::=" and t[0] not in '"[(<!{':
+            while stack:  # an unclosed group: llama.cpp refuses it; close it here
+                name, alts = stack.pop()
+                rules[name] = alts
+            stack = [(t, [[]])]
+            i += 2
+            continue
+        i += 1
+        if not stack:
+            continue
+        seq = stack[-1][1][-1]
+        if t == "(":
+            groups += 1
+            stack.append((f"({groups})", [[]]))
+        elif t == ")" and len(stack) > 1:
+            name, alts = stack.pop()
+            rules[name] = alts
+            stack[-1][1][-1].append([name, 1, 1])
+        elif t == "|":
+            stack[-1][1].append([])
+        elif t in ("*", "+", "?") or t[0] == "{":
+            if not seq:
+                continue
+            if seq[-1][1:] != [1, 1]:  # x?* : the inner repetition becomes its own rule
+                groups += 1
+                rules[f"({groups})"] = [[seq[-1]]]
+                seq[-1] = [f"({groups})", 1, 1]
+            m = _REPEAT.fullmatch(t) if t[0] == "{" else None
+            if t == "*":
+                seq[-1][1:] = [0, None]
+            elif t == "+":
+                seq[-1][1:] = [1, None]
+            elif t == "?":
+                seq[-1][1:] = [0, 1]
+            elif m:
+                lo = int(m.group(1))
+                hi = lo if not m.group(2) else (int(m.group(3)) if m.group(3) else None)
+                seq[-1][1:] = [lo, hi]
+        elif t == '""':
+            seq.append(["empty", 1, 1])
+        elif t[0].isalnum() or t[0] in "_-":
+            seq.append([t, 1, 1])
+        else:
+            seq.append(["term", 1, 1])
+    while stack:
+        name, alts = stack.pop()
+        rules[name] = alts
+    return rules
+
+
+def _check_empty_repeats(gbnf: str, option: str) -> None:
+    """UsageError when the grammar repeats, more than MAX_GRAMMAR_EMPTY_REPEATS times in
+    all, something that can match nothing (llama.cpp's setup then takes minutes)."""
+    rules = _grammar_rules(gbnf)
+    users: dict[str, set[str]] = {}  # rule -> the rules whose alternatives name it
+    for name, alts in rules.items():
+        for seq in alts:
+            for atom, _, _ in seq:
+                users.setdefault(atom, set()).add(name)
+    nullable: dict[str, bool] = dict.fromkeys(rules, False)
+    count: dict[str, int] = dict.fromkeys(rules, 1)  # copies of nullable things walked
+    cap = MAX_GRAMMAR_EMPTY_REPEATS + 1
+
+    def atom_nullable(atom: str) -> bool:
+        return atom == "empty" or nullable.get(atom, False)
+
+    # Worklists, so a chain of thousands of rules costs one visit per change: a rule
+    # turns nullable once, and its count only grows, up to the cap.
+    todo = list(rules)
+    while todo:
+        name = todo.pop()
+        if not nullable[name] and any(
+            all(lo == 0 or atom_nullable(atom) for atom, lo, _ in seq) for seq in rules[name]
+        ):
+            nullable[name] = True
+            todo.extend(users.get(name, ()))
+    todo = list(rules)
+    while todo:
+        name = todo.pop()
+        best = 1
+        for seq in rules[name]:
+            total = 0
+            for atom, lo, hi in seq:
+                c = count.get(atom, 1)
+                bound = hi if hi is not None else max(lo, 1)
+                if atom_nullable(atom) and bound > 1:
+                    c *= bound
+                if c > 1:
+                    total += c
+            best = max(best, min(total, cap))
+        if best > count[name]:
+            count[name] = best
+            todo.extend(users.get(name, ()))
+    worst = max(count, key=count.get, default=None)
+    if worst is not None and count[worst] > MAX_GRAMMAR_EMPTY_REPEATS:
+        where = f"rule {worst}" if not worst.startswith("(") else "a group"
+        raise UsageError(
+            f"{option}: {where} repeats something that can match nothing more than "
+            f"{MAX_GRAMMAR_EMPTY_REPEATS} times (llama.cpp would take minutes to set it up); "
+            "make the repeated part match at least one character"
+        )
 
 
 # -- JSON Schemas -----------------------------------------------------------------------
