@@ -4,6 +4,7 @@ and a helper that runs gptcli in a real subprocess."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -93,6 +94,13 @@ def pytest_sessionfinish(session, exitstatus):
     import shutil
 
     shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+
+
+def restore_sigint() -> None:
+    """preexec_fn for a child a test sends Ctrl-C to: SIGINT back to its default, since a
+    test run started in the background of a non-interactive shell ignores SIGINT, its
+    children inherit that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, run_gptcli
+from conftest import clean_env, restore_sigint, run_gptcli
 from support.hubserver import GOOD_TOKEN, Fault, start_hub
 
 from gptcli.model import refs as hub_refs
@@ -330,6 +330,7 @@ def test_interrupted_pull_resumes_in_the_next_run(hub, tmp_path):
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=restore_sigint,
     )
     try:
         deadline = time.monotonic() + 30

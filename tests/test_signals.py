@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import clean_env
+from conftest import clean_env, restore_sigint
 
 
 def start_generation(tiny_model) -> tuple[subprocess.Popen, bytes]:
@@ -22,6 +22,7 @@ def start_generation(tiny_model) -> tuple[subprocess.Popen, bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=clean_env(),
+        preexec_fn=restore_sigint,
     )
     first = proc.stdout.read1(4096)  # blocks until the first token is flushed
     assert first, proc.stderr.read().decode()
