@@ -77,8 +77,10 @@ def build(tools: tuple[str, ...] = TOOLS) -> Path | None:
         print("llama-server: cmake not found; not building", file=sys.stderr)
         return None
     src, out = _source(), cache_dir()
-    print(f"llama.cpp tools: building {' '.join(missing)} once into {out} (about 8 minutes)",
-          file=sys.stderr)
+    print(
+        f"llama.cpp tools: building {' '.join(missing)} once into {out} (about 8 minutes)",
+        file=sys.stderr,
+    )
     subprocess.run(
         ["cmake", "-S", str(src), "-B", str(out), "-DBUILD_SHARED_LIBS=OFF"]
         + ["-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"],
