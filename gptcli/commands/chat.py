@@ -33,8 +33,7 @@ from gptcli.commands.options import (
     constraint_from,
     sampling_params,
 )
-from gptcli.commands.steer import apply_steer
-from gptcli.console import notice, print_error
+from gptcli.commands.steer import open_steered
 from gptcli.sampling import defaults as D
 
 ResumeOpt = Annotated[
@@ -72,7 +71,6 @@ def chat(
     With stdin not a terminal, each line is a user message (\"\"\" blocks span lines)
     and each reply is printed, separated by a blank line.
     """
-    from gptcli.backends import open_backend
     from gptcli.chat.conversation import read_transcript
     from gptcli.chat.repl import run_chat
 
@@ -81,19 +79,9 @@ def chat(
     constraint = constraint_from(json_schema, output_format, grammar)
     saved = read_transcript(resume) if resume else None  # bad file: fail before loading
     interactive = sys.stdin is not None and sys.stdin.isatty()
-    backend = open_backend(
-        server,
-        model,
-        ctx,
-        threads,
-        gpu_layers,
-        verbose,
-        timeout,
-        notify=notice,
-        report_error=print_error,
+    backend = open_steered(
+        server, model, ctx, threads, gpu_layers, verbose, timeout, steer, steer_layers
     )
-    if steer or steer_layers:
-        apply_steer(backend, steer, steer_layers)
     try:
         code = run_chat(
             backend,

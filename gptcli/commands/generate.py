@@ -35,8 +35,8 @@ from gptcli.commands.options import (
     read_input,
     sampling_params,
 )
-from gptcli.commands.steer import apply_steer
-from gptcli.console import notice, print_error
+from gptcli.commands.steer import open_steered
+from gptcli.console import notice
 from gptcli.errors import GptcliError, Terminated, UsageError
 from gptcli.limits import MAX_JOBS
 from gptcli.sampling import defaults as D
@@ -117,7 +117,6 @@ def generate(
     steer_layers: SteerLayersOpt = None,
 ) -> None:
     """Generate text from PROMPT (and piped stdin), streaming tokens to stdout."""
-    from gptcli.backends import open_backend
     from gptcli.backends.base import Request, lacking
     from gptcli.backends.events import TokenEvent
     from gptcli.render.stream import TextRenderer, print_stats
@@ -130,19 +129,9 @@ def generate(
     if each_line or jobs != 1:
         check_each_line(each_line, jobs, server, probs, json_out)
     text = None if each_line else read_input(prompt)
-    backend = open_backend(
-        server,
-        model,
-        ctx,
-        threads,
-        gpu_layers,
-        verbose,
-        timeout,
-        notify=notice,
-        report_error=print_error,
+    backend = open_steered(
+        server, model, ctx, threads, gpu_layers, verbose, timeout, steer, steer_layers
     )
-    if steer or steer_layers:
-        apply_steer(backend, steer, steer_layers)
     request = Request(text or "", raw, system, params, max_tokens, tuple(stop or ()))
     if constraint is not None:
         from gptcli.backends.base import require

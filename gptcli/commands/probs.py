@@ -24,7 +24,7 @@ from gptcli.commands.options import (
     constraint_from,
     read_input,
 )
-from gptcli.console import notice, print_error
+from gptcli.commands.steer import open_steered
 from gptcli.errors import UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines on stdout, for scripts.")]
@@ -69,7 +69,6 @@ def next_token(
     log-probability and cumulative mass, and the entropy in bits. Under --json-schema,
     --format or --grammar: the model's and the masked distribution side by side; under
     --steer: the unsteered and the steered distribution side by side."""
-    from gptcli.backends import open_backend
     from gptcli.sampling.distribution import parse_temperatures
 
     try:
@@ -83,23 +82,13 @@ def next_token(
 
     constraint = constraint_from(json_schema, output_format, grammar)
     text = read_input(prompt, required=prompt is None)
-    backend = open_backend(
-        server,
-        model,
-        ctx,
-        threads,
-        gpu_layers,
-        verbose,
-        timeout,
-        notify=notice,
-        report_error=print_error,
+    backend = open_steered(
+        server, model, ctx, threads, gpu_layers, verbose, timeout, steer, steer_layers
     )
-    if steer or steer_layers:
-        from gptcli.commands.steer import apply_steer, next_steered
+    if (steer or steer_layers) and constraint is None:
+        from gptcli.commands.steer import next_steered
 
-        apply_steer(backend, steer, steer_layers)
-        if constraint is None:
-            return next_steered(backend, text, chat, system, top, steps, temps, json_out, steer)
+        return next_steered(backend, text, chat, system, top, steps, temps, json_out, steer)
     if constraint is not None:
         from gptcli.backends.base import require
 
@@ -148,27 +137,14 @@ def score(
 ) -> None:
     """How surprising a text is to the model: each token coloured by its probability
     given all the tokens before it, the least likely ones, perplexity and surprisal."""
-    from gptcli.backends import open_backend
     from gptcli.backends.scoring import read_text
 
     if worst < 0:
         raise UsageError(f"--worst must be 0 or more, got {worst}")
     text = read_text(file)
-    backend = open_backend(
-        server,
-        model,
-        ctx,
-        threads,
-        gpu_layers,
-        verbose,
-        timeout,
-        notify=notice,
-        report_error=print_error,
+    backend = open_steered(
+        server, model, ctx, threads, gpu_layers, verbose, timeout, steer, steer_layers
     )
-    if steer or steer_layers:
-        from gptcli.commands.steer import apply_steer
-
-        apply_steer(backend, steer, steer_layers)
     result = backend.score(text)
     if json_out:
         from gptcli.render.score import score_json

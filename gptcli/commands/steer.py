@@ -47,6 +47,38 @@ def steer_engine(engine, specs: list[str] | None, layers: str | None):
     return vectors
 
 
+def open_steered(
+    server: str | None,
+    model: str | None,
+    ctx: int,
+    threads: int | None,
+    gpu_layers: int | None,
+    verbose: bool,
+    timeout: float | None,
+    steer: list[str] | None,
+    steer_layers: str | None,
+):
+    """The backend a command runs on: its notices and per-line errors on the console,
+    and --steer applied (a server refuses it)."""
+    from gptcli.backends import open_backend
+    from gptcli.console import notice, print_error
+
+    backend = open_backend(
+        server,
+        model,
+        ctx,
+        threads,
+        gpu_layers,
+        verbose,
+        timeout,
+        notify=notice,
+        report_error=print_error,
+    )
+    if steer or steer_layers:
+        apply_steer(backend, steer, steer_layers)
+    return backend
+
+
 def apply_steer(backend, specs: list[str] | None, layers: str | None):
     """--steer on any backend: a server refuses it through the capability table."""
     if not specs and layers is None:
