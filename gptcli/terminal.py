@@ -10,7 +10,7 @@ own) bidirectional overrides and isolates are too (`\\u202e`), since they reorde
 what the user reads. A pipe gets the exact text: it is data.
 
 Every view that writes model, server or file text calls `safe` (or checks
-`needs_escaping` first on a hot path): render.TextRenderer, render_probs
+`needs_escaping` first on a hot path): render.stream.TextRenderer, render.tokens
 (ProbsRenderer, TextPainter, NextChart, score, token names), the chat REPL
 through those renderers, tokenize/inspect, notices and errors.
 """

@@ -22,7 +22,7 @@ def safe(text: str) -> str:
 
 def candidate(piece: bytes) -> str:
     """One candidate token on one line, in the notation of every token view
-    (render_probs.token_label: ␣, ↵, <0xE2> for the bytes of a split character)."""
+    (render.tokens.token_label: ␣, ↵, <0xE2> for the bytes of a split character)."""
     return token_label(piece)
 
 

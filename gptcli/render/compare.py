@@ -15,8 +15,16 @@ from typing import TextIO
 
 from gptcli.backends.comparison import Compared, Summary
 from gptcli.console import shows_colour, stderr_console, stdout_console
-from gptcli.render.next import _pad
-from gptcli.render.tokens import DIM, _escapes, fmt_prob, fold, out_width, token_label, token_object
+from gptcli.render.next import pad
+from gptcli.render.tokens import (
+    DIM,
+    fmt_prob,
+    fold,
+    out_width,
+    style_escapes,
+    token_label,
+    token_object,
+)
 from gptcli.terminal import Guard, json_safe
 
 LN2 = math.log(2.0)
@@ -61,8 +69,8 @@ class _KlPainter:
         self.colour = colour
         if colour:
             console = stdout_console()
-            self.bands = [_escapes(console, style) for _, _, style in KL_BANDS]
-            self.dim = _escapes(console, DIM)
+            self.bands = [style_escapes(console, style) for _, _, style in KL_BANDS]
+            self.dim = style_escapes(console, DIM)
 
     def paint(self, text: str, bits: float | None) -> str:
         if bits is None:
@@ -124,7 +132,7 @@ def compare_text(compared: Compared, label_a: str, label_b: str, out: TextIO | N
         w_tok = min(20, max(8, *(len(n) for n in names.values())))
         lines.append(
             painter.faint(
-                f"{'pos':>6}  {_pad('token', w_tok)}  {'KL bits':>7}  {'p(A)':>5}  {'p(B)':>5}  "
+                f"{'pos':>6}  {pad('token', w_tok)}  {'KL bits':>7}  {'p(A)':>5}  {'p(B)':>5}  "
                 f"top {len(r.worst[0].top_a)} of A │ of B"
             )
         )
@@ -133,7 +141,7 @@ def compare_text(compared: Compared, label_a: str, label_b: str, out: TextIO | N
             s = slot[w.index]
             bits = w.kl / LN2
             lines.append(
-                f"{w.index:>6}  {painter.style(_pad(names[w.index], w_tok), bits)}  "
+                f"{w.index:>6}  {painter.style(pad(names[w.index], w_tok), bits)}  "
                 f"{bits:7.3f}  {fmt_prob(math.exp(r.logprob_a[s])):>5}  "
                 f"{fmt_prob(math.exp(r.logprob_b[s])):>5}  "
                 f"{_top(compared, w.top_a)} {painter.faint('│')} {_top(compared, w.top_b)}"

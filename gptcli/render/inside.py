@@ -1,7 +1,7 @@
 """How the inside views look: the lens as a table or a layers x positions grid, the
 attention overview, one head's heat map, per-head measures, and JSON for scripts.
 
-Token text comes from the model file: every label goes through render_probs.token_label
+Token text comes from the model file: every label goes through render.tokens.token_label
 (the terminal-safety rule for token views). Colour is a rendering of numbers only:
 without colour the numbers are printed."""
 

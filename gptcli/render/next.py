@@ -13,7 +13,7 @@ from gptcli.render.tokens import _after, _lp, _Painter, bar, out_width, token_la
 from gptcli.terminal import json_safe
 
 
-def _pad(text: str, width: int) -> str:
+def pad(text: str, width: int) -> str:
     from rich.cells import cell_len
 
     return text + " " * max(0, width - cell_len(text))
@@ -49,13 +49,13 @@ class NextChart:
             if dist.entropy_bits[0] is not None:  # None: unknown (a server's top-K only)
                 head += f" · entropy {dist.entropy_bits[0]:.3f} bits"
             lines.append(p.faint(head))
-            lines.append(p.faint(f"{'#':>3}  {_pad('token', w)}  {'prob':>6}  {'logprob':>8}  cum"))
+            lines.append(p.faint(f"{'#':>3}  {pad('token', w)}  {'prob':>6}  {'logprob':>8}  cum"))
             # the bar takes what the terminal leaves after the numbers, up to 30
             bar_w = 30 if room is None else max(0, min(30, room - 17))
             for i, (c, name) in enumerate(zip(dist.candidates, names, strict=True), 1):
                 q = c.probs[0]
                 lines.append(
-                    f"{i:>3}  {p.style(_pad(name, w), q)}  {q:6.4f}  {c.logprob:8.3f}  "
+                    f"{i:>3}  {p.style(pad(name, w), q)}  {q:6.4f}  {c.logprob:8.3f}  "
                     f"{c.cumulative[0]:5.3f}  {p.style(bar(q, bar_w), q) if bar_w >= 4 else ''}"
                 )
         else:
@@ -64,26 +64,26 @@ class NextChart:
             lines.append(p.faint(head))
             lines.append(
                 p.faint(
-                    f"{'':>3}  {_pad('', w)}  {'':>8}  "
-                    + "".join(_pad(f"T={_fmt_t(t)}", col) for t in temps)
+                    f"{'':>3}  {pad('', w)}  {'':>8}  "
+                    + "".join(pad(f"T={_fmt_t(t)}", col) for t in temps)
                 )
             )
             lines.append(
                 p.faint(
-                    f"{'':>3}  {_pad('entropy', w)}  {'':>8}  "
-                    + "".join(_pad(f"{h:.2f} bits", col) for h in dist.entropy_bits)
+                    f"{'':>3}  {pad('entropy', w)}  {'':>8}  "
+                    + "".join(pad(f"{h:.2f} bits", col) for h in dist.entropy_bits)
                 )
             )
             lines.append(
                 p.faint(
-                    f"{'#':>3}  {_pad('token', w)}  {'logprob':>8}  "
-                    + "".join(_pad("prob", col) for _ in temps)
+                    f"{'#':>3}  {pad('token', w)}  {'logprob':>8}  "
+                    + "".join(pad("prob", col) for _ in temps)
                 )
             )
             for i, (c, name) in enumerate(zip(dist.candidates, names, strict=True), 1):
-                cells = [f"{i:>3}  {_pad(name, w)}  {c.logprob:8.3f}  "]
+                cells = [f"{i:>3}  {pad(name, w)}  {c.logprob:8.3f}  "]
                 for q in c.probs:
-                    shown = p.style(bar(q, col - 8), q) if col - 8 >= 3 else _pad("", col - 8)
+                    shown = p.style(bar(q, col - 8), q) if col - 8 >= 3 else pad("", col - 8)
                     cells.append(f"{q:6.4f} " + shown + " ")
                 lines.append("".join(cells).rstrip())
         self.out.write("\n".join(lines) + "\n")
@@ -137,7 +137,7 @@ class NextMaskedChart:
         if c is None:
             return " " * (w + 18)
         q = c.probs[0]
-        name = _pad(token_label(self.piece(c.id)), w)
+        name = pad(token_label(self.piece(c.id)), w)
         return f"{self._painter.style(name, q)} {q:6.4f} {self._painter.style(bar(q, 10), q)}"
 
     def step(self, step: int, position: int, dist, masked) -> None:
@@ -148,7 +148,7 @@ class NextMaskedChart:
         lines = [""] if step else []
         lines.append(p.faint(f"step {step + 1}{_after(position)} · T={t}"))
         lines.append(
-            p.faint(f"{'#':>3}  {_pad('model', w + 18)}  │ {'under the grammar':<{w + 18}}")
+            p.faint(f"{'#':>3}  {pad('model', w + 18)}  │ {'under the grammar':<{w + 18}}")
         )
         allowed = {c.id for c in masked.candidates}
         for i in range(rows):

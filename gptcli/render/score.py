@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from gptcli.console import shows_colour
-from gptcli.render.next import _pad
+from gptcli.render.next import pad
 from gptcli.render.tokens import (
     TextPainter,
     fmt_prob,
@@ -50,13 +50,13 @@ def score_text(
         lines.append(p.faint(f"least likely tokens (of {len(scores.scored)} scored):"))
         names = {i: token_label(piece(scores.tokens[i])) for i in picks}
         w = min(24, max(8, *(len(n) for n in names.values())))
-        lines.append(p.faint(f"{'pos':>6}  {_pad('token', w)}  {'prob':>7}  {'bits':>6}  expected"))
+        lines.append(p.faint(f"{'pos':>6}  {pad('token', w)}  {'prob':>7}  {'bits':>6}  expected"))
         for i in picks:
             q = math.exp(lps[i])
             best = token_label(piece(int(scores.best_ids[i])))
             bq = math.exp(scores.best_logprobs[i])
             lines.append(
-                f"{i:>6}  {p.style(_pad(names[i], w), q)}  {fmt_prob(q):>7}  "
+                f"{i:>6}  {p.style(pad(names[i], w), q)}  {fmt_prob(q):>7}  "
                 f"{-lps[i] / math.log(2):6.2f}  {best} {p.faint(fmt_prob(bq))}"
             )
     lines.append("")

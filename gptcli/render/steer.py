@@ -2,7 +2,7 @@
 side, the lens of both with the layer where the answer changes, a vector's per-layer
 norms, and a sweep of greedy continuations over scales.
 
-Token text comes from the model file: every label goes through render_probs.token_label
+Token text comes from the model file: every label goes through render.tokens.token_label
 (or terminal.safe for running text)."""
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def band(p: float) -> int:
     return len(BANDS) - 1
 
 
-def _escapes(console: Console, style: str) -> tuple[str, str]:
+def style_escapes(console: Console, style: str) -> tuple[str, str]:
     """The escape sequences rich writes before and after text in `style`."""
     from rich.text import Text
 
@@ -123,8 +123,8 @@ class _Painter:
                 from rich.console import Console
 
                 console = Console(force_terminal=True, color_system="standard", no_color=False)
-            self.bands = [_escapes(console, style) for _, _, style in BANDS]
-            self.dim = _escapes(console, DIM)
+            self.bands = [style_escapes(console, style) for _, _, style in BANDS]
+            self.dim = style_escapes(console, DIM)
 
     def paint(self, text: str, probs: Sequence[float]) -> str:
         """Text released at once, with the probabilities of the tokens that made it."""
