@@ -15,7 +15,7 @@ The REPL (repl.py) reads lines and slash commands and writes each reply path onc
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gptcli.backends.base import Backend
@@ -29,6 +29,7 @@ from gptcli.console import notice
 from gptcli.errors import UsageError
 from gptcli.inside.steering import chat_steer
 from gptcli.llama.prompt import chat_format
+from gptcli.llama.sampler_chain import NativeSampler
 from gptcli.llama.template import PLAIN_NOTICE
 from gptcli.sampling.sampler import Sampler, SamplingParams
 
@@ -125,10 +126,14 @@ class LocalChat:
         self.conversation = conversation
         self.name = self.engine.name
         self.grammar = grammar  # llama.grammar.Grammar every reply must match
-        self.sampler: Sampler | None = None
+        self.sampler: Sampler | None = None  # draws under a grammar
+        self.params = SamplingParams()
+        self._replies = 0  # since the settings last changed: each reply's seed differs
 
     def set_params(self, params: SamplingParams) -> None:
         self.sampler = Sampler(params, self.engine.n_vocab)
+        self.params = params
+        self._replies = 0
 
     def start(self, text, *, max_tokens, stops, n_top, model_probs, probs) -> Turn:
         engine = self.engine
@@ -142,15 +147,26 @@ class LocalChat:
             )
         if self.grammar is not None:
             self.grammar.reset()  # each reply is one document of its own
+            sampler = self.sampler
+        else:
+            # llama.cpp's chain draws and decodes ahead, as in generate. A chain lives for
+            # one reply: the seed moves on with each, so a chat repeats as a whole, and
+            # two replies do not draw the same random numbers.
+            params = self.params
+            if params.seed is not None:
+                params = replace(params, seed=(params.seed + 0x9E3779B1 * self._replies) % 2**32)
+            sampler = NativeSampler(engine, params, prepared.tokens)
+        self._replies += 1
         reply = Generation(
             engine,
             prepared.tokens,
-            self.sampler,
+            sampler,
             max_tokens,
             stops,
             n_top=n_top,
             model_probs=model_probs,
             grammar=self.grammar,
+            describe=bool(probs),
         )
         return Turn(prepared, reply)
 
