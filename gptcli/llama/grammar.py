@@ -218,6 +218,7 @@ class Grammar:
         self._candidates_known = False  # _candidates() is computed for this state
         self._candidates_now: np.ndarray | None = None
         self._whole_masks = 0  # masks that asked llama.cpp about every token
+        self.last_mask_asked = 0  # tokens the last mask() asked about, its probes aside
         if not any(not engine.is_eog(int(t)) for t in self.allowed_ids()):
             self.close()
             raise UsageError("the grammar matches no text: no token can start it")
@@ -303,11 +304,13 @@ class Grammar:
         """A copy of the whole vocabulary's logits with forbidden tokens at -inf."""
         cand = self._candidates()
         if cand is not None:
+            self.last_mask_asked = len(cand)
             allowed = cand[self.allowed_among(cand)]
             out = np.full(self.n_vocab, -np.inf, dtype=np.float32)
             out[allowed] = logits[allowed]
             return out
         self._whole_masks += 1
+        self.last_mask_asked = self.n_vocab
         return self.mask_all(logits)
 
     def mask_all(self, logits: np.ndarray) -> np.ndarray:
