@@ -19,7 +19,6 @@ import pytest
 from conftest import reference_llama, run_gptcli
 
 import gptcli.llama.grammar as grammar_module
-
 from gptcli.backends.constraints import (
     JSON_GBNF,
     Constraint,
@@ -185,12 +184,16 @@ def test_prefix_probed_masks_equal_whole_vocabulary_masks(tiny, name, monkeypatc
         assert set(asked) == {tiny.n_vocab}
 
 
-def test_greedy_under_a_grammar_it_fights_is_llama_cpps_grammar_then_greedy(tiny_model):
+def test_greedy_under_a_grammar_it_fights_is_llama_cpps_grammar_then_greedy(
+    tiny_model, monkeypatch
+):
     # Oracle: llama-cpp-python's own chain, the grammar sampler first, then greedy.
     from llama_cpp import LlamaGrammar
 
+    monkeypatch.setattr(grammar_module, "_INDEX_AFTER", 0)  # prefix probes at every step
     with Engine(tiny_model, EngineOptions(n_ctx=512, n_threads=1)) as engine:
-        _, events, _, text = run(engine, "Write JSON:", Constraint("grammar", DIGITS), max_tokens=48)
+        digits = Constraint("grammar", DIGITS)
+        _, events, _, text = run(engine, "Write JSON:", digits, GREEDY_FULL, max_tokens=48)
     llama = reference_llama(tiny_model, n_ctx=512, n_threads=1, flash_attn=True)
     try:
         out = llama.create_completion(
@@ -205,9 +208,7 @@ def test_greedy_under_a_grammar_it_fights_is_llama_cpps_grammar_then_greedy(tiny
 
 
 @pytest.mark.parametrize("gbnf", [DIGITS, JSON_GBNF], ids=["digits", "json"])
-def test_prefix_probes_leave_sampled_output_and_reported_draws_unchanged(
-    tiny, gbnf, monkeypatch
-):
+def test_prefix_probes_leave_sampled_output_and_reported_draws_unchanged(tiny, gbnf, monkeypatch):
     def sample(seed: int):
         params = SamplingParams(seed=seed)  # T 0.8, top-k 40, top-p 0.95, min-p 0.05
         tiny.reset()  # the prompt evaluated afresh: a cached prefix rounds differently

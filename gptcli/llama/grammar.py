@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 import weakref
+from collections import Counter
 
 import numpy as np
 
@@ -118,35 +119,36 @@ class _PrefixIndex:
     probes it allowed: for a grammar of digits, a few hundred tokens instead of the
     whole vocabulary. The result is the same mask, token for token."""
 
-    def __init__(self, pieces: list[bytes], eog: np.ndarray):
+    def __init__(self, pieces: list[bytes], eog: list[bool]):
         n = len(pieces)
-        texts = [None if eog[t] else _code_points(p) for t, p in enumerate(pieces)]
+        texts = [None if end else _code_points(p) for p, end in zip(pieces, eog, strict=True)]
         probe_of = {text: t for t, text in enumerate(texts) if text is not None}
-        node_of = np.zeros(n, dtype=np.int64)  # the deepest probed prefix of each token
-        probes: list[int] = [-1]  # node 0, the root, stands for the empty prefix
-        parents: list[int] = [-1]
-        depths: list[int] = [0]
-
-        def split(node: int, members: list[int], depth: int) -> None:
-            if len(members) <= _SPLIT or depth >= _DEPTH:
-                return
-            children: dict[str, list[int]] = {}
-            for t in members:
-                text = texts[t]
-                if text is not None and len(text) > depth:
-                    children.setdefault(text[: depth + 1], []).append(t)
-            for prefix, under in children.items():
-                probe = probe_of.get(prefix)
-                if probe is None:
-                    continue  # no token spells the prefix: its tokens stay with the parent
-                child = len(probes)
-                probes.append(probe)
-                parents.append(node)
-                depths.append(depth + 1)
-                node_of[under] = child
-                split(child, under, depth + 1)
-
-        split(0, list(range(n)), 0)
+        # Tokens under each prefix short enough to be split.
+        words = [text for text in texts if text]
+        counts = Counter({"": n})
+        for d in range(1, _DEPTH):
+            counts.update(text[:d] for text in words if len(text) >= d)
+        node_ids = {"": 0}
+        probes, parents, depths = [-1], [-1], [0]  # node 0, the root: the empty prefix
+        node_of = []  # the deepest probed prefix of each token
+        for text in texts:
+            node = 0
+            for d in range(1, min(len(text) if text else 0, _DEPTH) + 1):
+                if counts[text[: d - 1]] <= _SPLIT:
+                    break  # few enough to ask about them all
+                prefix = text[:d]
+                child = node_ids.get(prefix)
+                if child is None:
+                    probe = probe_of.get(prefix)
+                    if probe is None:
+                        break  # no token spells the prefix: its tokens stay with the parent
+                    child = node_ids[prefix] = len(probes)
+                    probes.append(probe)
+                    parents.append(node)
+                    depths.append(d)
+                node = child
+            node_of.append(node)
+        node_of = np.array(node_of, dtype=np.int64)
         self.n_nodes = len(probes)
         probes_a, parents_a, depths_a = np.array(probes), np.array(parents), np.array(depths)
         # Depth by depth: the probes there, and the node each one decides.
@@ -165,11 +167,12 @@ class _PrefixIndex:
             self.under[parents_a[node]] += self.under[node]
 
 
-# One index per engine's vocabulary. Building it reads every token's piece (~0.25 s for
-# 49k tokens, as long as ~20 whole-vocabulary masks): it is built once a grammar has
-# needed this many whole masks, so a run with a few refused draws never pays for it.
+# One index per engine's vocabulary. Building it reads every token's piece: 0.2-0.5 s
+# for 49k tokens, as long as ~30 whole-vocabulary masks. So it is built once a grammar
+# has needed that many (a run with a few refused draws never pays for it, a run that
+# fights the grammar pays at most twice what the whole masks would have cost).
 _INDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_INDEX_AFTER = 16
+_INDEX_AFTER = 32
 
 # llama.cpp's GBNF token rules (<[id]>, <name>, !<...>) match a token by its id, not its
 # text: a grammar with any of them is masked the whole way. Literals, character classes
@@ -260,10 +263,19 @@ class Grammar:
         engine = self.engine
         index = _INDEXES.get(engine)
         if index is None and self._whole_masks >= _INDEX_AFTER:
-            ids = range(self.n_vocab)
-            eog = np.array([engine.is_eog(t) for t in ids], dtype=bool)
-            index = _INDEXES[engine] = _PrefixIndex([engine.piece(t) for t in ids], eog)
+            index = _INDEXES[engine] = _PrefixIndex(*self._vocabulary())
         return index
+
+    def _vocabulary(self) -> tuple[list[bytes], list[bool]]:
+        """Every token's piece as the grammar sees it, and whether it ends generation."""
+        lib, vocab, engine = self._lib, self.engine._vocab, self.engine
+        to_piece, is_eog = lib.llama_token_to_piece, lib.llama_vocab_is_eog
+        buf = ctypes.create_string_buffer(256)
+        pieces = []
+        for t in range(self.n_vocab):  # the hot loop of the build: no cache, no checks
+            size = to_piece(vocab, t, buf, 256, 0, True)
+            pieces.append(buf.raw[:size] if 0 <= size <= 256 else engine.piece(t))
+        return pieces, [bool(is_eog(vocab, t)) for t in range(self.n_vocab)]
 
     def _candidates(self) -> np.ndarray | None:
         """Every token that may come next and some that may not (ids), or None where only
