@@ -73,7 +73,7 @@ def _run_capturing_stderr(fn):
 _UTF8_LENGTH = (1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4)
 
 
-def utf8_remain(piece: bytes, n_remain: int) -> int:
+def _utf8_remain(piece: bytes, n_remain: int) -> int:
     """Bytes still owed by an unfinished UTF-8 character after `piece`, given `n_remain`
     before it: the n_remain of llama.cpp's grammar state (negative after an invalid
     sequence), computed as its decode_utf8 does, a NUL ending the piece."""
@@ -167,10 +167,10 @@ class _PrefixIndex:
             self.under[parents_a[node]] += self.under[node]
 
 
-# One index per engine's vocabulary. Building it reads every token's piece: 0.2-0.5 s
-# for 49k tokens, as long as ~30 whole-vocabulary masks. So it is built once a grammar
-# has needed that many (a run with a few refused draws never pays for it, a run that
-# fights the grammar pays at most twice what the whole masks would have cost).
+# One index per engine's vocabulary. Building it reads every token's piece: 0.2-0.7 s
+# for 49k tokens (by load), as long as ~30 whole-vocabulary masks. So it is built once
+# a grammar has needed that many: a run with a few refused draws never pays for it, a
+# run that fights the grammar pays at most twice what the whole masks would have cost.
 _INDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _INDEX_AFTER = 32
 
@@ -365,7 +365,7 @@ class Grammar:
         if not self.allows(token):
             raise GptcliError(f"token {token} is not allowed by the grammar here")
         self._lib.llama_sampler_accept(self._smpl, token)
-        self._n_remain = utf8_remain(self.engine.piece(token), self._n_remain)
+        self._n_remain = _utf8_remain(self.engine.piece(token), self._n_remain)
         self._candidates_known = False
 
     def reset(self) -> None:
