@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import weakref
 
 import jsonschema
 import numpy as np
 import pytest
-from conftest import run_gptcli
+from conftest import reference_llama, run_gptcli
 
+import gptcli.llama.grammar as grammar_module
 from gptcli.backends.constraints import (
     JSON_GBNF,
     Constraint,
@@ -118,6 +120,109 @@ def test_the_top_k_shortcut_finds_the_same_best_allowed_tokens(smol, text):
     best = np.argsort(-full, kind="stable")[:40]
     assert set(best.tolist()) == set(np.argsort(-top, kind="stable")[:40].tolist())
     assert np.array_equal(top[best], full[best])
+
+
+# A grammar of digits: a model with random weights wants something else at every step.
+DIGITS = 'root ::= "[" ([0-9] ","){400} "0]"\n'
+
+
+def whole_masks_only(monkeypatch):
+    """Grammars ask llama.cpp about every token, as before the prefix probes."""
+    monkeypatch.setattr(grammar_module, "_INDEXES", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(grammar_module, "_INDEX_AFTER", 10**9)
+
+
+def ends_mid_character(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.reason == "unexpected end of data"
+    return False
+
+
+@pytest.mark.parametrize(
+    "name", ["digits", "json", "spaced words", "multibyte", "token rule", "literal < and !"]
+)
+def test_prefix_probed_masks_equal_whole_vocabulary_masks(tiny, name, monkeypatch):
+    the = tiny.tokenize(" the", add_bos=False)[0]
+    gbnf = {
+        "digits": DIGITS,
+        "json": JSON_GBNF,
+        "spaced words": 'root ::= (" yes" | " no" | " maybe" | "\\n")+ "."\n',
+        "multibyte": 'root ::= "é" [à-ÿ]+ "日本語" (" " [a-zß-ü]+ | [一-龥]+)* "。"\n',
+        # Token rules match by id: a token's text says nothing there.
+        "token rule": f'root ::= "x"? (<[{the}]> [0-9])+\n',
+        "literal < and !": 'root ::= ("<" [a-z]+ "!" | " " [<!]+)+\n',
+    }[name]
+    monkeypatch.setattr(grammar_module, "_INDEX_AFTER", 0)  # probe from the first mask on
+    fast, whole = Grammar(tiny, gbnf), Grammar(tiny, gbnf)  # the same grammar, twice
+    rng = np.random.default_rng(7)
+    asked, mid_character = [], 0
+    for _walk in range(2):
+        fast.reset()
+        whole.reset()
+        text = b""
+        for _ in range(30):
+            logits = rng.standard_normal(tiny.n_vocab).astype(np.float32)
+            expected = whole.mask_all(logits)
+            assert np.array_equal(fast.mask(logits), expected), text
+            asked.append(fast.last_mask_asked)
+            mid_character += ends_mid_character(text)
+            allowed = [int(t) for t in np.flatnonzero(np.isfinite(expected))]
+            allowed = [t for t in allowed if not tiny.is_eog(t)]
+            if not allowed:
+                break
+            token = int(rng.choice(allowed))
+            fast.accept(token)
+            whole.accept(token)
+            text += tiny.piece(token)
+    if name == "digits":
+        assert max(asked) < 1000  # the probes really cut the question down
+    if name == "multibyte":
+        assert mid_character > 0  # states partway through a character were checked
+    if name == "token rule":
+        assert set(asked) == {tiny.n_vocab}
+
+
+def test_greedy_under_a_grammar_it_fights_is_llama_cpps_grammar_then_greedy(
+    tiny_model, monkeypatch
+):
+    # Oracle: llama-cpp-python's own chain, the grammar sampler first, then greedy.
+    from llama_cpp import LlamaGrammar
+
+    monkeypatch.setattr(grammar_module, "_INDEX_AFTER", 0)  # prefix probes at every step
+    with Engine(tiny_model, EngineOptions(n_ctx=512, n_threads=1)) as engine:
+        digits = Constraint("grammar", DIGITS)
+        _, events, _, text = run(engine, "Write JSON:", digits, GREEDY_FULL, max_tokens=48)
+    llama = reference_llama(tiny_model, n_ctx=512, n_threads=1, flash_attn=True)
+    try:
+        out = llama.create_completion(
+            "Write JSON:", max_tokens=48, temperature=0.0, repeat_penalty=1.0,
+            grammar=LlamaGrammar.from_string(DIGITS, verbose=False),
+        )  # fmt: skip
+    finally:
+        llama.close()
+    assert sum(e.forced is not None for e in events) >= 40  # the model fought the grammar
+    assert text == out["choices"][0]["text"]
+    assert re.fullmatch(r"\[([0-9],){23}[0-9]?", text), text
+
+
+@pytest.mark.parametrize("gbnf", [DIGITS, JSON_GBNF], ids=["digits", "json"])
+def test_prefix_probes_leave_sampled_output_and_reported_draws_unchanged(tiny, gbnf, monkeypatch):
+    def sample(seed: int):
+        params = SamplingParams(seed=seed)  # T 0.8, top-k 40, top-p 0.95, min-p 0.05
+        tiny.reset()  # the prompt evaluated afresh: a cached prefix rounds differently
+        _, events, _, _ = run(tiny, "Write JSON:", Constraint("grammar", gbnf), params, 40)
+        return [
+            (e.id, e.forced, e.draw.prob, e.draw.ids.tolist(), e.draw.probs.tolist())
+            for e in events
+        ]
+
+    monkeypatch.setattr(grammar_module, "_INDEX_AFTER", 0)
+    fast = [sample(seed) for seed in range(3)]
+    whole_masks_only(monkeypatch)
+    assert [sample(seed) for seed in range(3)] == fast
+    assert any(forced for run_ in fast for _, forced, *_ in run_)
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -140,7 +140,8 @@ def top_k_ids(
             cand = np.flatnonzero(np.greater(logits, bound, out=mask))
             if len(cand) < k:
                 ranked = cand[np.argsort(-logits[cand], kind="stable")]
-                rest = np.flatnonzero(logits == bound)[: k - len(cand)]
+                # The first k ids hold at least k - len(cand) of them: no pass over all.
+                rest = np.flatnonzero(logits[:k] == bound)[: k - len(cand)]
                 return np.concatenate([ranked, rest])
         else:
             cand = np.flatnonzero(np.greater_equal(logits, bound, out=mask))
