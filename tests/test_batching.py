@@ -8,6 +8,7 @@ import pytest
 
 from gptcli.backends.batching import Batcher, BatchSettings, line_seed, shared_tokens
 from gptcli.backends.generation import Generation
+from gptcli.llama.batch import steps_round_by_batch
 from gptcli.llama.engine import Engine, EngineOptions
 from gptcli.llama.prompt import chat_format, chat_prompt, messages_for, raw_prompt
 from gptcli.llama.sampler_chain import NativeSampler
@@ -188,6 +189,30 @@ def test_tiny_model_batches_too(tiny_model):
         assert [r.finish.completion_tokens for r in five] == [
             r.finish.completion_tokens for r in one
         ]
+
+
+STORY_LINES = [
+    f"Story {i}: once upon a time there was a {w}"
+    for i, w in enumerate(["cat", "dog", "king", "ship", "tree", "star", "boat", "bird"])
+]
+
+
+def test_float_weights_greedy_j8_equal_j1_over_long_lines(tiny_model, engine):
+    # The tiny model's weights are F16: llama.cpp multiplies a step of two rows or more
+    # with llamafile's GEMM, one row with its own dot product, and the sums round apart
+    # (logits moved by up to 0.007 here; the last line parted from -j 1 at token 143
+    # when the lines' steps were batched). Such a model steps one line at a time.
+    with Engine(tiny_model, EngineOptions(n_ctx=512, n_threads=1)) as tiny:
+        settings = BatchSettings(GREEDY, max_tokens=200, keep_events=True)
+        prompt_for = lambda line: raw_prompt(tiny, line)  # noqa: E731
+        one, _ = batched(tiny, STORY_LINES, 1, settings, prompt_for)
+        eight, batcher = batched(tiny, STORY_LINES, 8, settings, prompt_for)
+        assert batcher.batched.steps_alone
+        assert [r.finish.completion_tokens for r in eight] == [200] * 8
+        assert [[e.id for e in r.events] for r in eight] == [[e.id for e in r.events] for r in one]
+        assert [r.text for r in one] == one_at_a_time(tiny, STORY_LINES, settings, 0, prompt_for)
+    # Quantized weights (Q4_1, and the tied Q8_0 embedding) keep their batched steps.
+    assert not steps_round_by_batch(engine.header)
 
 
 # -- the command line ----------------------------------------------------------------

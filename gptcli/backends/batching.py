@@ -259,7 +259,10 @@ class Batcher:
                 spans = [(seq, ln.pos, take, len(take) == len(ln.todo))]
                 owners = [(seq, ln, len(take))]
             else:
-                ready = active[: self.batched.n_batch]
+                # A model with float weights: one line per step, as with -j 1 (its
+                # matmuls round otherwise with two rows or more); no speed-up, same text.
+                n = 1 if self.batched.steps_alone else self.batched.n_batch
+                ready = active[:n]
                 spans = [(seq, ln.pos, ln.todo, True) for seq, ln in ready]
                 owners = [(seq, ln, 1) for seq, ln in ready]
             rows = self.batched.decode(spans)

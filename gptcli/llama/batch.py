@@ -10,6 +10,26 @@ from gptcli.errors import GptcliError, UsageError
 from gptcli.llama.engine import Engine, _apply_steering
 from gptcli.llama.resources import check_context_fits
 from gptcli.llama.sampler_chain import NativeSampler
+from gptcli.model.gguf_check import GGUFHeader
+
+# GGML tensor types that llama.cpp's CPU backend multiplies with llamafile's GEMM once a
+# matmul has two rows or more, and with its own dot product for one row: the sums run in
+# another order, so a line's step rounds otherwise beside other lines than alone (the
+# quantized types' two kernels agree bit for bit: Q4_1 and Q8_0 measured).
+_GEMM_ROUNDED_TYPES = frozenset({0, 1, 30})  # F32, F16, BF16
+
+
+def steps_round_by_batch(header: GGUFHeader) -> bool:
+    """Whether a weight the model multiplies by is F32, F16 or BF16 (a matrix, not the
+    token table looked up by row when the model has an output matrix of its own)."""
+    names = {t.name for t in header.tensors}
+    for t in header.tensors:
+        if len(t.shape) < 2 or t.type not in _GEMM_ROUNDED_TYPES:
+            continue
+        if t.name == "token_embd.weight" and "output.weight" in names:
+            continue  # only looked up (get_rows), never multiplied
+        return True
+    return False
 
 
 class BatchedEngine:
@@ -24,6 +44,8 @@ class BatchedEngine:
     (llama_memory_seq_cp across streams) and keeps it for the lines that follow. The
     context is sized up, not split: every slot may hold n_ctx_seq tokens (the
     single-sequence context), so a line fits or not whatever the number of slots.
+    `steps_alone`: the model has float weights, whose matmuls round by the number of
+    rows (see _GEMM_ROUNDED_TYPES), so each line's step must run in a decode of its own.
     """
 
     def __init__(self, engine: Engine, n_seq: int, n_shared: int = 0):
@@ -39,6 +61,7 @@ class BatchedEngine:
         self.shared: list[int] = []
         self.tokens_decoded = 0  # every token llama_decode evaluated: prefix reuse shows here
         self._held = [0] * n_seq  # shared-prefix tokens each slot's stream holds
+        self.steps_alone = steps_round_by_batch(engine.header)
         cparams = llama_cpp.llama_context_default_params()
         # One stream of n_ctx_seq cells per slot and one for the shared prefix (llama.cpp
         # rounds a stream up to 256 cells: counted here, so the memory check sees it).
