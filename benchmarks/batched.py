@@ -233,6 +233,10 @@ def main() -> None:
             f"{j:>3}  {lps:8.2f}  {ratio:5.2f}x  {tps:9.1f}  {s_tg}  {s_all}  "
             f"{vs_native}  {differ:>5} of {a.lines}"
         )
+    if a.rounds > 1:
+        for j in a.jobs[1:]:
+            each = [r0[0] / r[0] for r0, r in zip(runs[j0], runs[j], strict=True)]
+            print(f"-j {j} vs -j {j0}, round by round: " + " ".join(f"{x:.2f}x" for x in each))
     # Where the time goes: llama_decode split into the lines' prompt decodes (each alone,
     # as with -j 1, for equal results) and the one-token steps; the rest is Python.
     # "steps only" is the ratio -j N would reach if its prompts and Python cost nothing;
