@@ -215,6 +215,22 @@ def test_float_weights_greedy_j8_equal_j1_over_long_lines(tiny_model, engine):
     assert not steps_round_by_batch(engine.header)
 
 
+def test_greedy_j8_equals_j1_past_256_cells_on_two_threads(tiny_model_factory):
+    # Two threads on purpose: llama.cpp's CPU flash attention splits a lone line's keys
+    # over the threads once its stream shows 512 cells (past 256 tokens), which a step of
+    # several lines never does. With those steps batched, lines parted from -j 1 soon
+    # after their 256th cell (logits moved by up to 0.22); they now run alone.
+    q8 = tiny_model_factory("q8", q8_0=True)
+    with Engine(q8, EngineOptions(n_ctx=512, n_threads=2)) as tiny:
+        settings = BatchSettings(GREEDY, max_tokens=300, keep_events=True)
+        prompt_for = lambda line: raw_prompt(tiny, line)  # noqa: E731
+        one, _ = batched(tiny, STORY_LINES, 1, settings, prompt_for)
+        eight, batcher = batched(tiny, STORY_LINES, 8, settings, prompt_for)
+        assert not batcher.batched.steps_alone  # Q8_0: steps below 240 cells batched
+        assert [r.finish.completion_tokens for r in eight] == [300] * 8
+        assert [[e.id for e in r.events] for r in eight] == [[e.id for e in r.events] for r in one]
+
+
 # -- the command line ----------------------------------------------------------------
 
 

@@ -251,31 +251,39 @@ class Batcher:
             # A line's prompt runs in decodes of its own, cut at n_batch as with one slot,
             # so its cells hold the same values whatever -j is; then one decode of every
             # generating line's token, in slot order (llama.cpp puts consecutive
-            # sequences of separate KV streams in one ubatch).
+            # sequences of separate KV streams in one ubatch), except the steps that
+            # round otherwise beside other lines (BatchedEngine.step_alone: a model with
+            # float weights, a line past 256 cells): those run one per decode.
             prompting = [(s, ln) for s, ln in active if len(ln.todo) > 1 or ln.t_prompt is None]
             if prompting:
                 seq, ln = prompting[0]
                 take = ln.todo[: self.engine.n_batch]
-                spans = [(seq, ln.pos, take, len(take) == len(ln.todo))]
-                owners = [(seq, ln, len(take))]
+                groups = [[(seq, ln, take, len(take) == len(ln.todo))]]
             else:
-                # A model with float weights: one line per step, as with -j 1 (its
-                # matmuls round otherwise with two rows or more); no speed-up, same text.
-                n = 1 if self.batched.steps_alone else self.batched.n_batch
-                ready = active[:n]
-                spans = [(seq, ln.pos, ln.todo, True) for seq, ln in ready]
-                owners = [(seq, ln, 1) for seq, ln in ready]
-            rows = self.batched.decode(spans)
-            for span, ((seq, ln, n), logits) in enumerate(zip(owners, rows, strict=False)):
-                ln.pos += n
-                del ln.todo[:n]
-                if logits is None:
-                    continue
-                result = self._token(ln, logits, span)
-                if result is not None:
-                    self.batched.drop(seq)
-                    slots[seq] = None
-                    done[result.index] = result
+                together, groups = [], []
+                for seq, ln in active:
+                    step = (seq, ln, ln.todo, True)
+                    if self.batched.step_alone(ln.pos):
+                        groups.append([step])
+                    else:
+                        together.append(step)
+                if together:
+                    groups.insert(0, together)
+            for group in groups:
+                rows = self.batched.decode([(seq, ln.pos, t, want) for seq, ln, t, want in group])
+                for span, ((seq, ln, tokens, _), logits) in enumerate(
+                    zip(group, rows, strict=True)
+                ):
+                    n = len(tokens)
+                    ln.pos += n
+                    del ln.todo[:n]
+                    if logits is None:
+                        continue
+                    result = self._token(ln, logits, span)
+                    if result is not None:
+                        self.batched.drop(seq)
+                        slots[seq] = None
+                        done[result.index] = result
 
 
 # -- --each-line on top of it ---------------------------------------------------------

@@ -18,6 +18,13 @@ from gptcli.model.gguf_check import GGUFHeader
 # quantized types' two kernels agree bit for bit: Q4_1 and Q8_0 measured).
 _GEMM_ROUNDED_TYPES = frozenset({0, 1, 30})  # F32, F16, BF16
 
+# With several threads, llama.cpp's CPU flash attention splits one query's keys over the
+# threads and merges the parts (its split-KV path) when a ubatch holds a single stream that
+# shows 512 cells or more (shown cells are counted in 256s): a -j 1 line past 256 cells
+# rounds that way, and never beside other lines. Such a step runs alone (from 240 cells,
+# a margin: alone is always -j 1's rounding).
+SPLIT_KV_FROM = 240
+
 
 def steps_round_by_batch(header: GGUFHeader) -> bool:
     """Whether a weight the model multiplies by is F32, F16 or BF16 (a matrix, not the
@@ -45,7 +52,8 @@ class BatchedEngine:
     context is sized up, not split: every slot may hold n_ctx_seq tokens (the
     single-sequence context), so a line fits or not whatever the number of slots.
     `steps_alone`: the model has float weights, whose matmuls round by the number of
-    rows (see _GEMM_ROUNDED_TYPES), so each line's step must run in a decode of its own.
+    rows (see _GEMM_ROUNDED_TYPES), so each line's step must run in a decode of its own;
+    `step_alone(pos)` says it for one line's step.
     """
 
     def __init__(self, engine: Engine, n_seq: int, n_shared: int = 0):
@@ -62,6 +70,8 @@ class BatchedEngine:
         self.tokens_decoded = 0  # every token llama_decode evaluated: prefix reuse shows here
         self._held = [0] * n_seq  # shared-prefix tokens each slot's stream holds
         self.steps_alone = steps_round_by_batch(engine.header)
+        stream_cells = -(-self.n_ctx_seq // 256) * 256
+        self._split_kv = engine.n_threads > 1 and stream_cells > 256
         cparams = llama_cpp.llama_context_default_params()
         # One stream of n_ctx_seq cells per slot and one for the shared prefix (llama.cpp
         # rounds a stream up to 256 cells: counted here, so the memory check sees it).
@@ -88,6 +98,11 @@ class BatchedEngine:
         self._mem = self._ctx.memory
         if engine.steering is not None:
             _apply_steering(engine, self._ctx.ctx)
+
+    def step_alone(self, pos: int) -> bool:
+        """Whether the one-token step of a line whose sequence holds `pos` tokens must run
+        in a decode of its own to round as with -j 1 (see SPLIT_KV_FROM)."""
+        return self.steps_alone or (self._split_kv and pos >= SPLIT_KV_FROM)
 
     def set_shared(self, tokens: Sequence[int]) -> None:
         """Evaluate the prompt part every line starts with, once."""

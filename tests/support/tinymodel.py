@@ -100,7 +100,9 @@ def write_tiny_model(
     chat_template: str | None = TINY_CHAT_TEMPLATE,
     seed: int = 0,
     name: str = "tiny-test-llama",
+    q8_0: bool = False,
 ) -> Path:
+    """A llama GGUF with random weights: F16 matrices, or Q8_0 with `q8_0`."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -115,7 +117,7 @@ def write_tiny_model(
     writer.add_rope_dimension_count(shape.head_dim)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if q8_0 else gguf.LlamaFileType.MOSTLY_F16)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(tokenizer.pre)
     writer.add_token_list(tokenizer.tokens)
@@ -131,6 +133,11 @@ def write_tiny_model(
             data = np.ones(tshape, dtype=np.float32)
         else:
             data = (rng.standard_normal(tshape) * 0.5).astype(np.float16)
+            if q8_0:
+                q8 = gguf.GGMLQuantizationType.Q8_0
+                data = gguf.quants.quantize(data.astype(np.float32), q8)
+                writer.add_tensor(name_, data, raw_dtype=q8)
+                continue
         writer.add_tensor(name_, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
