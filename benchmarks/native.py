@@ -3,6 +3,7 @@ llama-cpp-python's sdist vendors, so both run the same llama.cpp."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,13 @@ def _source_dir() -> Path:
 
 
 def binary_path() -> Path:
-    return _source_dir() / "build" / "bin" / "llama-bench"
+    """benchmarks/.cache's build, else the one beside the tests' llama.cpp tools
+    (~/.cache/gptcli/llama-server-VERSION/bin, where `cmake --build DIR --target llama-bench
+    llama-batched-bench` adds them to the tests' build in minutes)."""
+    own = _source_dir() / "build" / "bin" / "llama-bench"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    shared = Path(base) / "gptcli" / f"llama-server-{_version()}" / "bin" / "llama-bench"
+    return shared if shared.exists() and not own.exists() else own
 
 
 def find_or_build_llama_bench() -> Path | None:
