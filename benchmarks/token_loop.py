@@ -10,9 +10,10 @@ worker's own Python between two decodes: python_us_per_token is the worker's tim
 llama_decode and minus llama.cpp's sampler chain (native_sample_us, reported beside it:
 llama-cli and llama-server spend it too), and stalled_us what it waited for the main
 thread to catch up (more than 0 when the main thread is slower than the decodes).
-consumer_us is the main thread's time per token, off the decode path. The `numpy
-sampler, serial` rows are the loop chat and grammars run: draw, show, then decode, all
-on one thread, so all of gptcli's time is on the decode path.
+consumer_us is the main thread's time per token, off the decode path. The `serial` rows
+run the same draws one step after the other on one thread (draw, show, then decode: the
+previous version's loop), so all of gptcli's time is on the decode path; the `numpy
+sampler` row is the loop under a grammar.
 
 Times are per-thread CPU time by default (--clock cpu; run with --threads 1 so llama.cpp
 computes on the calling thread): on a shared, loaded machine wall time counts the waits
@@ -45,9 +46,11 @@ from gptcli.render.tokens import JsonRenderer, ProbsRenderer  # noqa: E402
 from gptcli.sampling.sampler import Sampler, SamplingParams  # noqa: E402
 
 
-def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> dict[str, float]:
-    """Figures per token for one mode: native runs the commands' path (decode ahead),
-    otherwise the serial loop with gptcli's numpy sampler."""
+def profile(
+    engine: Engine, make_renderer, reps: int, native: bool, ahead: bool, clock
+) -> dict[str, float]:
+    """Figures per token for one mode: native, llama.cpp's chain draws (in a worker
+    thread when ahead); otherwise gptcli's numpy sampler, serial."""
     lib = engine._lib
     decode = lib.llama_decode
     spans: list[tuple[int, float]] = []  # (thread, seconds)
@@ -78,14 +81,6 @@ def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> di
             prompt = engine.tokenize("The capital of France is")
             n_top = getattr(renderer, "n_top", 0)
             model_probs = getattr(renderer, "model_probs", False)
-            if native:
-                sampler = NativeSampler(engine, params, prompt)
-            else:
-                sampler = Sampler(params, engine.n_vocab)
-            gen = Generation(
-                engine, prompt, sampler, 128, n_top=n_top, model_probs=model_probs,
-                describe=not isinstance(renderer, TextRenderer),
-            )  # fmt: skip
             spans.clear()
             sample_t.clear()
             render_t = 0.0
@@ -93,6 +88,15 @@ def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> di
             lib.llama_decode = timed
             setattr(owner, attr, timed_sample)
             try:
+                # made with the timed functions in place: the chain binds its call at once
+                if native:
+                    sampler = NativeSampler(engine, params, prompt)
+                else:
+                    sampler = Sampler(params, engine.n_vocab)
+                gen = Generation(
+                    engine, prompt, sampler, 128, n_top=n_top, model_probs=model_probs,
+                    describe=not isinstance(renderer, TextRenderer), decode_ahead=ahead,
+                )  # fmt: skip
                 t0 = clock()
                 for event in gen:
                     fin = event
@@ -109,7 +113,7 @@ def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> di
             tps = n / (fin.timings.generation_s or math.inf)
             prompt_s = sum(d for who, d in spans[:1])  # the prefill, on the main thread
             step = [d for who, d in spans[1:]]
-            if native:
+            if native and ahead:
                 worker = runner.thread_cpu_s if clock is time.thread_time else runner.thread_wall_s
                 own = worker - sum(step) - sum(sample_t)
                 consumer = total - prompt_s - (0.0 if clock is time.thread_time else worker)
@@ -125,11 +129,11 @@ def profile(engine: Engine, make_renderer, reps: int, native: bool, clock) -> di
                 }
             else:
                 assert all(who == main for who, _ in spans)
-                own = total - prompt_s - sum(step)
+                own = total - prompt_s - sum(step) - (sum(sample_t) if native else 0.0)
                 row = {
                     "decode_ms": statistics.median(step) * 1e3,
-                    "native_sample_us": 0.0,
-                    "numpy_sample_us": statistics.median(sample_t) * 1e6,
+                    "native_sample_us": statistics.median(sample_t) * 1e6 if native else 0.0,
+                    "numpy_sample_us": 0.0 if native else statistics.median(sample_t) * 1e6,
                     "python_us_per_token": own / n * 1e6,
                     "stalled_us": 0.0,
                     "consumer_us": 0.0,
@@ -164,18 +168,20 @@ def main() -> None:
     def as_json(out):
         return JsonRenderer(engine.piece, out, n_top=5)
 
-    modes = {
-        "generate": (TextRenderer, True),
-        "--probs --alternatives 10": (probs, True),
-        "--json": (as_json, True),
-        # the loop chat and grammars run: gptcli's numpy sampler, serial
-        "generate (numpy sampler, serial)": (TextRenderer, False),
-        "--probs --alternatives 10 (numpy sampler, serial)": (probs, False),
+    modes = {  # (renderer, llama.cpp's chain draws, decode ahead)
+        "generate": (TextRenderer, True, True),
+        "--probs --alternatives 10": (probs, True, True),
+        "--json": (as_json, True, True),
+        # the same, one step after the other on one thread (the previous version's loop)
+        "generate, serial": (TextRenderer, True, False),
+        "--probs --alternatives 10, serial": (probs, True, False),
+        # the loop under a grammar (and --probs before the chain drew): the numpy sampler
+        "--probs --alternatives 10, numpy sampler, serial": (probs, False, False),
     }
     results = {}
     with Engine(path, EngineOptions(n_ctx=4096, n_threads=args.threads)) as engine:
-        for name, (make, native) in modes.items():
-            results[name] = profile(engine, make, args.reps, native, clock)
+        for name, (make, native, ahead) in modes.items():
+            results[name] = profile(engine, make, args.reps, native, ahead, clock)
     load = os.getloadavg()[0]
     if args.json:
         out = {"load_average": load, "clock": args.clock, "modes": results}

@@ -64,6 +64,11 @@ def test_shown_numbers_are_those_of_each_tokens_own_logits(tiny):
         for x, y in zip(a.draw.top, s.draw.top, strict=True):
             assert x.model_logprob == pytest.approx(y.model_logprob, abs=1e-5)
     assert (f1.reason, f1.completion_tokens) == (f2.reason, f2.completion_tokens)
+    # The serial twin (draw, show, then decode on one thread) gives the same events.
+    native = NativeSampler(engine, params, prompt)
+    turn, f3 = events_of(Generation(engine, prompt, native, 64, decode_ahead=False, **kw))
+    assert [(e.id, e.draw.prob) for e in turn] == [(e.id, e.draw.prob) for e in ahead]
+    assert f3.completion_tokens == f1.completion_tokens
 
 
 def test_the_worker_runs_at_most_two_tokens_ahead(engine):

@@ -22,7 +22,7 @@ from gptcli.errors import GptcliError
 from gptcli.llama.ahead import DecodeAhead
 from gptcli.llama.engine import Engine
 from gptcli.llama.grammar import Grammar
-from gptcli.sampling.sampler import Alternative, Draw, Sampler, logsumexp
+from gptcli.sampling.sampler import Alternative, Draw, Sampler, check_logits, logsumexp
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -52,6 +52,9 @@ class Generation:
     # A distribution is shown (draw.prob): with llama.cpp's chain drawing, each token's
     # is computed from a copy of its logits, off the decode path. n_top/model_probs imply it.
     describe: bool = False
+    # llama.cpp's chain draws in a thread of its own, a token ahead; False: draw, show,
+    # then decode, on this thread (benchmarks/token_loop.py's baseline)
+    decode_ahead: bool = True
 
     def __post_init__(self) -> None:
         self._t0 = self._t_prompt = self._t_first = None
@@ -75,15 +78,17 @@ class Generation:
         logits = engine.prefill(self.prompt)
         self._evaluated = engine.last_prefill_evaluated
         self._t_prompt = time.perf_counter()
-        ahead = None
-        if native:
+        ahead = drawn = None
+        if native and self.decode_ahead:
             limit = None if self.max_tokens is None else max(1, self.max_tokens)
             ahead = DecodeAhead(engine, sampler, limit, copy_logits=describe)
             drawn = iter(ahead)
+        elif native:
+            drawn = _drawn_in_turn(engine, sampler, describe)
         index = 0
         try:
             while True:
-                if ahead is not None:
+                if drawn is not None:
                     tok, row = next(drawn, (None, None))
                     if tok is None:
                         raise GptcliError("llama.cpp's decode thread stopped before the end")
@@ -136,7 +141,7 @@ class Generation:
                 if len(self.prompt) + index - 1 >= engine.n_ctx:
                     yield self.finish("context", pending + decoder.decode(b"", final=True))
                     return
-                if ahead is None:
+                if not native:
                     logits = engine.step(tok)
         finally:
             if ahead is not None:
@@ -184,6 +189,20 @@ class Generation:
         )
         complete = None if self.grammar is None else self.grammar.is_complete()
         return Finish(reason, len(self.prompt), len(self.tokens), timings, text, stop, complete)
+
+
+def _drawn_in_turn(engine: Engine, sampler, describe: bool):
+    """DecodeAhead's serial twin: (token, logits or None) drawn by llama.cpp's chain; the
+    token is decoded only when the next one is asked for (after the consumer's checks)."""
+    first = True
+    while True:
+        tok = engine.draw(sampler)
+        logits = engine.last_logits()
+        if first or not math.isfinite(logits[tok]):  # as DecodeAhead checks
+            check_logits(logits, engine.n_past)
+        first = False
+        yield tok, (logits if describe else None)
+        engine.advance(tok)
 
 
 def _restricted(draw: Draw, allowed: np.ndarray) -> Draw:
