@@ -27,6 +27,28 @@ class Forward:
 
 
 def _weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """The dequantized weights and hyperparameters, read once per file and process for the
+    tiny models: gguf's reader spends ~8 s parsing the 49k-token vocabulary, and a test
+    runs several passes over one file. Keyed on size and mtime, so a rewritten file is
+    read again. SmolLM2 (1 GB in float64) is not kept."""
+    p = Path(path).resolve()
+    st = p.stat()
+    if st.st_size > _CACHE_MAX_BYTES:
+        return _read_weights(p)
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _CACHE:
+        weights, meta = _read_weights(p)
+        for a in weights.values():
+            a.flags.writeable = False  # shared by every later pass: a write would raise
+        _CACHE[key] = weights, meta
+    return _CACHE[key]
+
+
+_CACHE: dict[tuple, tuple[dict[str, np.ndarray], dict[str, object]]] = {}
+_CACHE_MAX_BYTES = 64 << 20
+
+
+def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
