@@ -40,14 +40,46 @@ def smollm2() -> Path:
     return path
 
 
+def once_per_run(tmp_path_factory, name: str, make) -> Path:
+    """The file `name`, made by make(path) once per run: under pytest-xdist the workers
+    share it (the first makes it under a lock, the others read it) instead of each
+    spending the same seconds of CPU on it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.mktemp("once") / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make(path)
+        return path
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "once"
+    root.mkdir(exist_ok=True)
+    path = root / name
+    with FileLock(str(root.parent / "once.lock")):
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part = path.with_name(path.name + ".part")
+            make(part)
+            part.rename(path)
+    return path
+
+
 @pytest.fixture(scope="session")
-def tokenizer(smollm2):
-    return read_tokenizer(smollm2)
+def tokenizer(smollm2, tmp_path_factory):
+    # gguf's reader takes ~9 s of CPU to parse SmolLM2's vocabulary: once per run.
+    import pickle
+
+    def make(path):
+        path.write_bytes(pickle.dumps(read_tokenizer(smollm2)))
+
+    return pickle.loads(once_per_run(tmp_path_factory, "tokenizer.pickle", make).read_bytes())
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tokenizer) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf", tokenizer)
+    # models/ holds tiny.gguf alone (test_embed checks nothing is written beside it).
+    return once_per_run(
+        tmp_path_factory, "models/tiny.gguf", lambda path: write_tiny_model(path, tokenizer)
+    )
 
 
 @pytest.fixture(scope="session")
