@@ -63,6 +63,17 @@ def once_per_run(tmp_path_factory, name: str, make) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_reference_weights(tmp_path_factory):
+    # The float64 reference's weights of a tiny model, read by one worker for all.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from support.reference_forward import share_weights_in
+
+        folder = tmp_path_factory.getbasetemp().parent / "weights"
+        folder.mkdir(exist_ok=True)
+        share_weights_in(folder)
+
+
 @pytest.fixture(scope="session")
 def tokenizer(smollm2, tmp_path_factory):
     # gguf's reader takes ~9 s of CPU to parse SmolLM2's vocabulary: once per run.

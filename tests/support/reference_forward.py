@@ -26,26 +26,53 @@ class Forward:
     eps: float
 
 
-def _weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    """The dequantized weights and hyperparameters, read once per file and process for the
-    tiny models: gguf's reader spends ~8 s parsing the 49k-token vocabulary, and a test
-    runs several passes over one file. Keyed on size and mtime, so a rewritten file is
-    read again. SmolLM2 (1 GB in float64) is not kept."""
+def weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """The dequantized weights (float64, read-only) and hyperparameters, read once per
+    file and process for the tiny models: gguf's reader spends ~8 s parsing the 49k-token
+    vocabulary, and a test runs several passes over one file. Keyed on size and mtime, so
+    a rewritten file is read again. SmolLM2 (1 GB in float64) is not kept. With
+    share_weights_in(folder), other processes (the xdist workers) read what one wrote."""
     p = Path(path).resolve()
     st = p.stat()
     if st.st_size > _CACHE_MAX_BYTES:
         return _read_weights(p)
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _CACHE:
-        weights, meta = _read_weights(p)
-        for a in weights.values():
+        w, meta = _read_shared(p) if _SHARED else _read_weights(p)
+        for a in w.values():
             a.flags.writeable = False  # shared by every later pass: a write would raise
-        _CACHE[key] = weights, meta
+        _CACHE[key] = w, meta
     return _CACHE[key]
 
 
 _CACHE: dict[tuple, tuple[dict[str, np.ndarray], dict[str, object]]] = {}
 _CACHE_MAX_BYTES = 64 << 20
+_SHARED: list[Path] = []
+
+
+def share_weights_in(folder: Path) -> None:
+    _SHARED[:] = [Path(folder)]
+
+
+def _read_shared(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """gguf's reading of `path`, kept as .npz under the shared folder by the file's
+    content: the same tiny model written by two workers is read once."""
+    import hashlib
+    import json
+
+    from filelock import FileLock
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+    out = _SHARED[0] / f"weights-{digest}.npz"
+    with FileLock(str(out) + ".lock"):
+        if not out.exists():
+            w, meta = _read_weights(path)
+            part = out.with_name(out.name + ".part.npz")
+            np.savez(part, __meta__=np.array(json.dumps(meta)), **w)
+            part.rename(out)
+    with np.load(out) as z:
+        meta = json.loads(str(z["__meta__"]))
+        return {k: z[k] for k in z.files if k != "__meta__"}, meta
 
 
 def _read_weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
@@ -84,7 +111,7 @@ def _rope(x: np.ndarray, base: float) -> np.ndarray:
 
 def forward(path: Path, tokens: list[int], add: dict[int, np.ndarray] | None = None) -> Forward:
     """`add`: a vector added to layer N's output (a control vector), by layer."""
-    w, meta = _weights(path)
+    w, meta = weights(path)
     n_layers = int(meta["llama.block_count"])
     n_head = int(meta["llama.attention.head_count"])
     n_kv = int(meta["llama.attention.head_count_kv"])
