@@ -28,6 +28,7 @@ test: $(STAMP)
 	@if [ -n "$(GPTCLI_BUILD_LLAMA_SERVER)" ]; then $(PY) tests/support/llama_server_build.py; fi
 	@# Three workers on two cores: most of a test's time is a gptcli process starting up,
 	@# and llama.cpp's threads must not spin while another process waits for the CPU.
+	@# worksteal: a worker with nothing left takes tests from another's queue.
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 3 --dist worksteal
 
 lint: $(STAMP)
