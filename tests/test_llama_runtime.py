@@ -139,3 +139,40 @@ def test_doctor_shows_the_devices_and_the_layers_it_would_offload(gptcli, tiny_m
     r = gptcli("doctor", "-m", str(tiny_model))
     layers = next(x for x in r.stdout.splitlines() if x.startswith("gpu layers"))
     assert ("all 2 layers" if offload else "0 of 2 layers") in layers, layers
+
+
+def test_a_command_imports_llama_cpps_bindings_not_its_high_level_package(tiny_model):
+    # llama_cpp's __init__ also imports its Llama class, chat formats and jinja2 (~80 ms
+    # of every start); gptcli needs only the ctypes bindings. The import log shows which.
+    env = clean_env()
+    env["PYTHONPROFILEIMPORTTIME"] = "1"
+    args = ["generate", "--raw", "-n", "2", "-m", str(tiny_model), "Hi"]
+    r = subprocess.run(
+        [sys.executable, "-m", "gptcli", *args],
+        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line}
+    assert "llama_cpp.llama_cpp" in imported and "llama_cpp._internals" in imported
+    assert not imported & {"llama_cpp.llama", "llama_cpp.llama_chat_format", "jinja2"}
+
+
+def test_the_rest_of_llama_cpp_is_there_when_asked_for(tiny_model):
+    # After gptcli loaded the bindings alone, code in the same process that wants the
+    # whole package (the tests' llama-cpp-python oracles) still gets it.
+    script = (
+        "from gptcli.llama.engine import Engine, EngineOptions\n"
+        f"e = Engine({str(tiny_model)!r}, EngineOptions(n_ctx=64, n_threads=1))\n"
+        "import sys; assert 'llama_cpp.llama' not in sys.modules\n"
+        "from llama_cpp import Llama\n"
+        "import llama_cpp\n"
+        "print(llama_cpp.__version__, Llama.__name__, llama_cpp.llama_cpp.llama_decode.__name__)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=clean_env(),
+        stdin=subprocess.DEVNULL, timeout=120,
+    )  # fmt: skip
+    from importlib import metadata
+
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == [metadata.version("llama-cpp-python"), "Llama", "llama_decode"]

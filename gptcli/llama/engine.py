@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gptcli.errors import GptcliError, UsageError
+from gptcli.llama.libllama import bindings
 from gptcli.llama.resources import check_context_fits, check_model_fits
 from gptcli.model.gguf_check import GGUFHeader, read_header
 from gptcli.model.naming import label  # as a person writes it, quantization apart
@@ -53,7 +54,7 @@ _verbose = False  # what set_verbose last chose (a grammar's parse restores it)
 def _llama():
     """Import llama_cpp once, silence its logging, initialise the backend."""
     global _log_callback
-    import llama_cpp
+    llama_cpp = bindings()
 
     if _log_callback is None:
 
@@ -98,9 +99,12 @@ def system_info() -> str:
 
 
 def backend_version() -> str:
-    import llama_cpp
+    from importlib import metadata
 
-    return getattr(llama_cpp, "__version__", "unknown")
+    try:  # not llama_cpp.__version__: that would run the rest of the package's __init__
+        return metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Engine:
