@@ -54,7 +54,7 @@ def test_shown_numbers_are_those_of_each_tokens_own_logits(tiny):
     prompt = raw_prompt(engine, PROMPT)
     kw = dict(n_top=5, model_probs=True)
     native = NativeSampler(engine, params, prompt)
-    ahead, f1 = events_of(Generation(engine, prompt, native, 64, **kw))
+    ahead, f1 = events_of(Generation(engine, prompt, native, 64, decode_ahead=True, **kw))
     serial, f2 = events_of(Generation(engine, prompt, Sampler(params, engine.n_vocab), 64, **kw))
     assert [e.id for e in ahead] == [e.id for e in serial] and len(ahead) == 64
     for a, s in zip(ahead, serial, strict=True):
@@ -73,7 +73,8 @@ def test_shown_numbers_are_those_of_each_tokens_own_logits(tiny):
 
 def test_the_worker_runs_at_most_two_tokens_ahead(engine):
     prompt = raw_prompt(engine, PROMPT)
-    gen = Generation(engine, prompt, NativeSampler(engine, SamplingParams(0.0), prompt), 64)
+    sampler = NativeSampler(engine, SamplingParams(0.0), prompt)
+    gen = Generation(engine, prompt, sampler, 64, decode_ahead=True)
     events = iter(gen)
     first = next(events)
     time.sleep(0.5)  # long enough for the worker to decode many tokens, were it free to
@@ -89,17 +90,20 @@ def test_an_early_stop_leaves_the_cache_as_engine_tokens_say(engine, smollm2):
     # text equals a fresh engine's.
     prompt = raw_prompt(engine, PROMPT)
     greedy = SamplingParams(0.0)
-    full, _ = events_of(Generation(engine, prompt, NativeSampler(engine, greedy, prompt), 16))
+
+    def ahead(prompt, n, stops=()):
+        sampler = NativeSampler(engine, greedy, prompt)
+        return Generation(engine, prompt, sampler, n, stops, decode_ahead=True)
+
+    full, _ = events_of(ahead(prompt, 16))
     stop = full[3].piece.decode().strip() or full[5].piece.decode()
-    tokens, finish = events_of(
-        Generation(engine, prompt, NativeSampler(engine, greedy, prompt), 16, [stop])
-    )
+    tokens, finish = events_of(ahead(prompt, 16, [stop]))
     assert finish.stop == stop
     # Abandoned mid-way without close(): the engine waits for the worker before reuse.
-    gen = iter(Generation(engine, prompt, NativeSampler(engine, greedy, prompt), 16))
+    gen = iter(ahead(prompt, 16))
     next(gen), next(gen)
     other = raw_prompt(engine, PROMPT + " there")
-    again, _ = events_of(Generation(engine, other, NativeSampler(engine, greedy, other), 12))
+    again, _ = events_of(ahead(other, 12))
     with Engine(smollm2, EngineOptions(n_ctx=256, n_threads=1)) as fresh:
         sampler = NativeSampler(fresh, greedy, other)
         expected, _ = events_of(Generation(fresh, other, sampler, 12))
@@ -112,7 +116,8 @@ def test_a_full_context_ends_as_the_serial_loop_ends(smollm2):
     with Engine(smollm2, EngineOptions(n_ctx=24, n_threads=1)) as small:
         prompt = raw_prompt(small, PROMPT)
         params = SamplingParams(0.0)
-        a, fa = events_of(Generation(small, prompt, NativeSampler(small, params, prompt), None))
+        native = NativeSampler(small, params, prompt)
+        a, fa = events_of(Generation(small, prompt, native, None, decode_ahead=True))
         s, fs = events_of(Generation(small, prompt, Sampler(params, small.n_vocab), None))
     assert fa.reason == fs.reason == "context"
     assert [e.id for e in a] == [e.id for e in s] and len(a) == 24 - len(prompt) + 1
@@ -126,7 +131,7 @@ def test_nan_logits_in_the_worker_end_the_loop_naming_the_position(tmp_path, tok
     path = write_logit_model(tmp_path / "nan.gguf", tokenizer, favourite=500, poisoned=500)
     with Engine(path, EngineOptions(n_ctx=16, n_threads=1)) as nan:
         sampler = NativeSampler(nan, SamplingParams(0.0), [7, 8])
-        gen = Generation(nan, [7, 8], sampler, max_tokens=5)
+        gen = Generation(nan, [7, 8], sampler, max_tokens=5, decode_ahead=True)
         events = iter(gen)
         assert next(events).id == 500
         with pytest.raises(NonFiniteLogits) as e:
@@ -150,3 +155,26 @@ def test_sampled_text_with_numbers_shown_is_the_plain_text_for_the_seed(gptcli, 
     assert plain.stdout.rstrip("\n") == text and len(rows) == 21
     other = gptcli(*args("8"), *view, PROMPT)  # another seed, another story
     assert other.stdout != shown.stdout
+
+
+def test_decoding_ahead_only_where_a_core_is_free(smollm2):
+    # A second busy thread beside llama.cpp's on every core slows decoding (measured
+    # 15-20 % on 2 cores): with no GPU, ahead only when llama.cpp leaves a core free.
+    from gptcli.llama.engine import usable_cores
+
+    cores = usable_cores()
+    options = EngineOptions(n_ctx=64, n_threads=cores, n_gpu_layers=0)
+    with Engine(smollm2, options) as every_core:
+        assert not every_core.decodes_ahead
+        prompt = raw_prompt(every_core, PROMPT)
+        gen = iter(
+            Generation(
+                every_core, prompt, NativeSampler(every_core, SamplingParams(0.0), prompt), 8
+            )
+        )
+        next(gen)
+        assert every_core.ahead is None  # the serial loop: no worker
+        gen.close()
+    if cores > 1:
+        with Engine(smollm2, EngineOptions(n_ctx=64, n_threads=cores - 1, n_gpu_layers=0)) as e:
+            assert e.decodes_ahead

@@ -53,8 +53,8 @@ class Generation:
     # is computed from a copy of its logits, off the decode path. n_top/model_probs imply it.
     describe: bool = False
     # llama.cpp's chain draws in a thread of its own, a token ahead; False: draw, show,
-    # then decode, on this thread (benchmarks/token_loop.py's baseline)
-    decode_ahead: bool = True
+    # then decode, on this thread; None: where a core is free for it (engine.decodes_ahead)
+    decode_ahead: bool | None = None
 
     def __post_init__(self) -> None:
         self._t0 = self._t_prompt = self._t_first = None
@@ -79,7 +79,8 @@ class Generation:
         self._evaluated = engine.last_prefill_evaluated
         self._t_prompt = time.perf_counter()
         ahead = drawn = None
-        if native and self.decode_ahead:
+        decode_ahead = engine.decodes_ahead if self.decode_ahead is None else self.decode_ahead
+        if native and decode_ahead:
             limit = None if self.max_tokens is None else max(1, self.max_tokens)
             ahead = DecodeAhead(engine, sampler, limit, copy_logits=describe)
             drawn = iter(ahead)

@@ -292,6 +292,15 @@ class Engine:
     def n_past(self) -> int:
         return len(self.tokens)
 
+    @property
+    def decodes_ahead(self) -> bool:
+        """Whether a generation should decode in a thread of its own (ahead.DecodeAhead):
+        only where that thread does not take a core from llama.cpp's. With every core
+        computing (the CPU default), a second busy thread and a second OpenMP team slowed
+        2-thread decoding on 2 cores by 15-20 % (benchmarks/token_loop.py --clock wall),
+        more than the Python it moves off the path costs."""
+        return self.n_gpu_layers != 0 or self.n_threads < usable_cores()
+
     def _settle(self) -> None:
         """Wait for a decode-ahead worker still running: one context, one user at a time
         (a consumer that stopped early, or Ctrl-C, may leave it in a decode)."""
