@@ -116,14 +116,15 @@ def profile(
             if native and ahead:
                 worker = runner.thread_cpu_s if clock is time.thread_time else runner.thread_wall_s
                 own = worker - sum(step) - sum(sample_t)
-                consumer = total - prompt_s - (0.0 if clock is time.thread_time else worker)
+                # the main thread's own CPU time; in wall time it cannot be told from waiting
+                consumer = total - prompt_s if clock is time.thread_time else math.nan
                 row = {
                     "decode_ms": statistics.median(step) * 1e3,
                     "native_sample_us": statistics.median(sample_t) * 1e6,
                     "numpy_sample_us": 0.0,
                     "python_us_per_token": own / n * 1e6,
                     "stalled_us": runner.stalled_s / n * 1e6,
-                    "consumer_us": max(consumer, 0.0) / n * 1e6,
+                    "consumer_us": consumer / n * 1e6,
                     "render_us": render_t / n * 1e6,
                     "tokens_per_s": tps,
                 }
@@ -184,7 +185,10 @@ def main() -> None:
             results[name] = profile(engine, make, args.reps, native, ahead, clock)
     load = os.getloadavg()[0]
     if args.json:
-        out = {"load_average": load, "clock": args.clock, "modes": results}
+        modes = {
+            m: {k: (None if math.isnan(v) else v) for k, v in r.items()} for m, r in results.items()
+        }
+        out = {"load_average": load, "clock": args.clock, "modes": modes}
         print(json.dumps(out, indent=1))
         return
     print(
