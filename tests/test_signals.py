@@ -56,9 +56,12 @@ def test_stop_signal_ends_the_partial_line_with_a_newline(tiny_model, signum, co
     assert (first + rest).endswith(b"\n")  # the shell prompt starts on its own line
 
 
-def test_head_c_1_closes_the_pipe_quietly(tiny_model):
+@pytest.mark.parametrize("threads", ["1", ""], ids=["decode_ahead", "every_core"])
+def test_head_c_1_closes_the_pipe_quietly(tiny_model, threads):
+    # --threads 1 leaves a core free: a worker thread is decoding when the pipe closes.
+    opt = f"--threads {threads}" if threads else ""
     cmd = (
-        f"{sys.executable} -m gptcli generate -m {tiny_model} --raw -t 0 --ctx 4096 "
+        f"{sys.executable} -m gptcli generate -m {tiny_model} --raw -t 0 --ctx 4096 {opt} "
         "'Once upon a time' | head -c 1; echo \"status=${PIPESTATUS[0]}\" >&2"
     )
     proc = subprocess.run(
