@@ -108,6 +108,12 @@ PROB_SUM_SLACK = 0.01
 MAX_CANDIDATES = 1000
 # The hub's file listing of one repo (the biggest GGUF repos list a few hundred).
 MAX_HUB_FILES = 100_000
+# One hub API reply (model info, a page of the file listing), uncompressed: a model info
+# that lists 100,000 files is about 20 MiB.
+MAX_HUB_REPLY_BYTES = 64 * 1024 * 1024
+# Pages of one file listing: the hub sends up to 1,000 files a page, so 100,000 files fit;
+# a hub that pages on with empty pages would otherwise be asked for ever.
+MAX_HUB_PAGES = 1000
 
 # -- views and the explorer ---------------------------------------------------
 

@@ -175,6 +175,23 @@ def test_pull_gives_up_on_a_silent_hub(hostile, tmp_path):
     assert line.startswith("gptcli: error: the hub at ") and "nothing for 1 s" in line, r.stderr
 
 
+@pytest.mark.parametrize(
+    "mode, says",
+    [
+        ("bigbody", "sent an API reply of more than 64 MiB: refused"),
+        ("emptypages", "sent more than 1000 pages of file listing: refused"),
+    ],
+)
+def test_pull_refuses_a_hub_api_reply_without_end(hostile, tmp_path, mode, says):
+    # huggingface_hub reads an API reply whole and follows the listing's next pages: a hub
+    # that never ends the one or the other would fill memory or be asked for ever.
+    env = clean_env(HF_HUB_OFFLINE="0", HF_ENDPOINT=hostile.url(mode), HF_HOME=str(tmp_path / "hf"))
+    r = run_gptcli("pull", "someone/some-model:Q4_0", env=env, timeout=HANG_S)
+    assert r.returncode == 1 and r.stdout == ""
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("gptcli: error: the hub at ") and line.endswith(says), r.stderr
+
+
 def test_generate_passes_its_timeout_to_a_pull_that_m_starts(hostile, tmp_path):
     env = clean_env(
         HF_HUB_OFFLINE="0", HF_ENDPOINT=hostile.url("silent"), HF_HOME=str(tmp_path / "hf")

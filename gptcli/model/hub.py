@@ -32,7 +32,13 @@ from urllib.parse import urlparse
 
 from gptcli.console import notice, stderr_console
 from gptcli.errors import GptcliError, UsageError
-from gptcli.limits import HUB_TIMEOUT_S, MAX_HUB_FILES, MAX_TIMEOUT_S
+from gptcli.limits import (
+    HUB_TIMEOUT_S,
+    MAX_HUB_FILES,
+    MAX_HUB_PAGES,
+    MAX_HUB_REPLY_BYTES,
+    MAX_TIMEOUT_S,
+)
 from gptcli.model.gguf_check import GGUFError, read_header
 from gptcli.model.refs import (
     HubRef,
@@ -132,6 +138,7 @@ def _repo_dir(repo_id: str) -> Path:
 
 
 _timeout: dict = {"s": HUB_TIMEOUT_S, "installed": False, "chosen": None}
+_pages = {"n": 0}  # pages of the file listing in progress (limits.MAX_HUB_PAGES)
 
 
 def set_timeout(timeout: float | None) -> None:
@@ -163,11 +170,55 @@ def _bounded(timeout: float | None) -> None:
     def clamp(request) -> None:
         # huggingface_hub passes timeout=None (no limit) on some calls, 10 s on others.
         request.extensions["timeout"] = httpx2.Timeout(_timeout["s"]).as_dict()
+        if "/api/" in request.url.path:
+            # An API reply is read whole and parsed: uncompressed, so its size is what
+            # the cap counts (a gzip of a few MB can inflate to gigabytes).
+            request.headers["Accept-Encoding"] = "identity"
+
+    def capped(response) -> None:
+        path = response.request.url.path
+        if "/api/" not in path:
+            return  # a file download: streamed to disk, checked against its hash
+        if "/tree/" in path:
+            _pages["n"] += 1
+            if _pages["n"] > MAX_HUB_PAGES:
+                raise GptcliError(
+                    f"the hub at {endpoint()} sent more than {MAX_HUB_PAGES} pages of file "
+                    "listing: refused"
+                )
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise GptcliError(
+                f"the hub at {endpoint()} compressed an API reply ({encoding}) it was asked "
+                "not to: refused"
+            )
+        response.stream = _Capped(response.stream, endpoint())
+
+    class _Capped(httpx2.SyncByteStream):
+        """The reply's bytes, refused past MAX_HUB_REPLY_BYTES."""
+
+        def __init__(self, inner, where: str):
+            self._inner, self._where = inner, where
+
+        def __iter__(self):
+            n = 0
+            for chunk in self._inner:
+                n += len(chunk)
+                if n > MAX_HUB_REPLY_BYTES:
+                    raise GptcliError(
+                        f"the hub at {self._where} sent an API reply of more than "
+                        f"{MAX_HUB_REPLY_BYTES >> 20} MiB: refused"
+                    )
+                yield chunk
+
+        def close(self) -> None:
+            self._inner.close()
 
     def factory():
         client = _http.default_client_factory()
         hooks = client.event_hooks
         hooks["request"] = [*hooks.get("request", []), clamp]
+        hooks["response"] = [*hooks.get("response", []), capped]
         client.event_hooks = hooks
         return client
 
@@ -443,6 +494,7 @@ def remote_variants(ref: HubRef) -> tuple[str, list[Variant]]:
     if not is_commit_hash(commit):
         raise GptcliError(f"the hub at {endpoint()} gave no valid commit for {ref.repo_id}")
     files = []
+    _pages["n"] = 0
     for n, item in enumerate(api.list_repo_tree(ref.repo_id, revision=commit, recursive=True)):
         if n >= MAX_HUB_FILES:
             raise GptcliError(

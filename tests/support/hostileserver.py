@@ -20,7 +20,9 @@ tests/test_hostile_server.py. Each way is a few lines below, in MODES' order:
 - slowbody, bigbody: /v1/models that stops mid-body, or never ends (over 64 MiB).
 - Any mode: GET /props is 404 (not llama-server), /v1/models names one model.
 
-`silent` also serves as a hub that never answers (HF_ENDPOINT=URL/silent).
+`silent` also serves as a hub that never answers (HF_ENDPOINT=URL/silent), `bigbody` as one
+whose API replies never end, and `emptypages` as one whose file listing pages on for ever
+with empty pages.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.mode == "silent":
             return self._hold()
+        if self.mode == "emptypages":
+            return self._empty_pages()
         if self.path.endswith("/props"):
             return self._send(404, {"error": {"message": "no such endpoint"}})
         if self.mode == "slowbody":
@@ -120,6 +124,28 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             return None
         return self._send(200, {"data": [{"id": "hostile-model", "owned_by": "nobody"}]})
+
+    def _empty_pages(self) -> None:
+        """A hub whose model has a commit and whose file listing pages on with empty
+        pages, each pointing to the next."""
+        path, _, query = self.path.partition("?")
+        if "/tree/" not in path:
+            info = {"id": "someone/some-model", "sha": "a" * 40, "siblings": []}
+            return self._send(200, info)
+        from urllib.parse import parse_qs
+
+        page = int(parse_qs(query).get("cursor", ["0"])[0])
+        # The body right after the headers, not after a delayed ACK: 1,000 pages in ~1 s.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        body = b"[]"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        host = self.headers.get("Host", "127.0.0.1")
+        self.send_header("Link", f'<http://{host}{path}?cursor={page + 1}>; rel="next"')
+        self.end_headers()
+        self.wfile.write(body)
+        return None
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
