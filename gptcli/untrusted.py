@@ -1,7 +1,7 @@
 """Reading what the user hands us (grammar, schema, transcript and text files, JSON)
 with a bound on its size and its nesting, so no file can exhaust memory or the stack.
 
-Imports nothing of gptcli but the limits and the error type.
+Imports nothing of gptcli but the limits and the error types.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import os
 import stat
 
+from gptcli.errors import UsageError
 from gptcli.limits import MAX_JSON_DEPTH
 
 
@@ -53,6 +54,19 @@ def read_bounded(path: str | os.PathLike, limit: int) -> bytes:
     if total > limit:
         raise OSError(errno.EFBIG, f"larger than {size_text(limit)}", str(path))
     return b"".join(chunks)
+
+
+def read_input(path: str | os.PathLike, limit: int, prefix: str = "") -> bytes:
+    """read_bounded for a file the user named: each way it fails is one UsageError (exit
+    2), after `prefix` (the option, e.g. "--grammar: ")."""
+    try:
+        return read_bounded(path, limit)
+    except FileNotFoundError:
+        raise UsageError(f"{prefix}no such file: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{prefix}{path} is a directory") from None
+    except OSError as e:
+        raise UsageError(f"{prefix}cannot read {path}: {e.strerror}") from None
 
 
 class JsonTooDeep(ValueError):

@@ -22,7 +22,7 @@ from gptcli.limits import (
     MAX_SCHEMA_COUNT,
     MAX_SCHEMA_SPAN,
 )
-from gptcli.untrusted import JsonTooDeep, loads, read_bounded, size_text
+from gptcli.untrusted import JsonTooDeep, loads, read_input, size_text
 
 # Any JSON value, whitespace as llama.cpp's json.gbnf allows it (bounded, so a model
 # cannot pad forever). Strings hold no raw control characters, so a newline is always
@@ -106,14 +106,7 @@ def from_options(
 
 
 def _read_text(path: str, option: str, what: str, limit: int) -> str:
-    try:
-        data = read_bounded(path, limit)
-    except FileNotFoundError:
-        raise UsageError(f"{option}: no such file: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{option}: {path} is a directory") from None
-    except OSError as e:
-        raise UsageError(f"{option}: cannot read {path}: {e.strerror}") from None
+    data = read_input(path, limit, f"{option}: ")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -7,6 +7,7 @@ predicted from at least half a context of text before it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from gptcli.errors import UsageError
 from gptcli.llama.engine import Engine
 from gptcli.sampling.distribution import log_softmax_rows, perplexity, surprisal_bits
 from gptcli.sampling.sampler import NonFiniteLogits
-from gptcli.untrusted import read_bounded
+from gptcli.untrusted import read_input
 
 # Working memory per byte of text while scoring (token ids, three float arrays,
 # Python objects for the rendering): a generous estimate, to refuse early.
@@ -48,17 +49,11 @@ def read_text(file: Path | None) -> str:
         data = src.read(limit + 1) if src else stdin.read(limit + 1).encode()
         where = "stdin"
     else:
-        try:
+        with contextlib.suppress(OSError):  # read_input says why it cannot be read
             size = file.stat().st_size
             if size > limit:
-                too_long(size, limit)
-            data = read_bounded(file, limit)  # /dev/zero: a size of 0, read for ever
-        except FileNotFoundError:
-            raise UsageError(f"no such file: {file}") from None
-        except IsADirectoryError:
-            raise UsageError(f"{file} is a directory") from None
-        except OSError as e:
-            raise UsageError(f"cannot read {file}: {e.strerror}") from None
+                too_long(size, limit)  # in the words of a text that is too long to score
+        data = read_input(file, limit)  # /dev/zero: a size of 0, read for ever
         where = str(file)
     if len(data) > limit:
         too_long(len(data), limit)

@@ -126,13 +126,14 @@ class LocalChat:
         self.conversation = conversation
         self.name = self.engine.name
         self.grammar = grammar  # llama.grammar.Grammar every reply must match
-        self.sampler: Sampler | None = None  # draws under a grammar
+        self.sampler: Sampler | None = None  # draws under a grammar (llama.cpp's chain else)
         self.params = SamplingParams()
         self._replies = 0  # since the settings last changed: each reply's seed differs
 
     def set_params(self, params: SamplingParams) -> None:
-        self.sampler = Sampler(params, self.engine.n_vocab)
-        self.params = params
+        if self.grammar is not None:
+            self.sampler = Sampler(params, self.engine.n_vocab)
+        self.params = params.validate()
         self._replies = 0
 
     def start(self, text, *, max_tokens, stops, n_top, model_probs, probs) -> Turn:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from gptcli.commands.options import (
+    ChatOpt,
     CtxOpt,
     GpuLayersOpt,
     ModelOpt,
@@ -21,7 +22,6 @@ from gptcli.commands.options import (
 )
 
 PromptArg = Annotated[str | None, typer.Argument(help="The text to look inside; stdin too.")]
-ChatOpt = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the chat template.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON on stdout, for scripts.")]
 
 

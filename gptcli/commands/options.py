@@ -95,6 +95,7 @@ StopOpt = Annotated[
     ),
 ]
 SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt (chat models).")]
+ChatOpt = Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the chat template.")]
 ServerOpt = Annotated[
     str | None,
     typer.Option(

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from gptcli.commands.options import (
+    ChatOpt,
     CtxOpt,
     FormatOpt,
     GpuLayersOpt,
@@ -48,9 +49,7 @@ def next_token(
     steps: Annotated[
         int, typer.Option("--steps", metavar="N", help="Walk N greedy steps, a chart at each.")
     ] = 1,
-    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the chat template.")] = (
-        False
-    ),
+    chat: ChatOpt = False,
     system: SystemOpt = None,
     json_out: JsonOpt = False,
     ctx: CtxOpt = 0,

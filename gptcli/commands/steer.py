@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from gptcli.commands.options import (
+    ChatOpt,
     CtxOpt,
     GpuLayersOpt,
     ModelOpt,
@@ -335,9 +336,7 @@ def sweep(
     max_tokens: Annotated[
         int, typer.Option("-n", "--max-tokens", help="Tokens per continuation.")
     ] = 24,
-    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the chat template.")] = (
-        False
-    ),
+    chat: ChatOpt = False,
     steer_layers: SteerLayersOpt = None,
     model: ModelOpt = None,
     ctx: CtxOpt = 0,

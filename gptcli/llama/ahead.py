@@ -128,14 +128,13 @@ class DecodeAhead:
                 ptr = get_logits(ctx, -1)
                 if not ptr:
                     raise GptcliError("llama.cpp returned no logits")
-                check_logits(np.ctypeslib.as_array(ptr, shape=(n_vocab,)), n_prompt)
             if addresses is not None:
-                ctypes.memmove(addresses[slot], ptr, nbytes)  # checked by the consumer
+                ctypes.memmove(addresses[slot], ptr, nbytes)  # the consumer checks each copy
             else:
-                # A NaN or infinite logit wins (greedy) or poisons the draw: the drawn
-                # token's tells, without a pass over the vocabulary each step.
+                # A NaN or infinite logit wins (greedy) or poisons the draw: the first row
+                # whole, then the drawn token's, without a pass over the vocabulary each step.
                 x = ptr[tok]
-                if x - x != 0.0:
+                if index == 0 or x - x != 0.0:
                     check_logits(np.ctypeslib.as_array(ptr, shape=(n_vocab,)), n_prompt + index)
             ready.put((tok, slot))
             # The consumer's end rules (the token limit, a full context: engine.n_past is
