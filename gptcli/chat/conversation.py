@@ -10,8 +10,6 @@ tokens plus the tokenized rest, and `Engine.prefill` evaluates only the rest.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from gptcli.limits import MAX_TRANSCRIPT_BYTES
 from gptcli.llama.engine import ContextFull, Engine
 from gptcli.llama.prompt import tokens_for_text
 from gptcli.llama.template import ChatFormat
+from gptcli.paths import write_atomic
 from gptcli.untrusted import JsonTooDeep, loads, read_bounded
 
 TRANSCRIPT_FORMAT = "gptcli-chat"
@@ -144,22 +143,9 @@ class Conversation:
         """Write the transcript as JSON, atomically (a temp file, then a rename)."""
         target = Path(path).expanduser()
         data = json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n"
-        folder = target.parent
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+            write_atomic(target, lambda f: f.write(data.encode("utf-8")), sync=True)
         except OSError as e:
-            raise GptcliError(f"cannot save to {target}: {e.strerror or e}") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except OSError as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise GptcliError(f"cannot save to {target}: {e.strerror or e}") from None
         return target
 

@@ -12,15 +12,13 @@ and Cohere. The dequantized matrix is cached as float32 like `embed` caches its 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from gptcli.errors import GptcliError
 from gptcli.model.gguf_check import GGUFHeader
-from gptcli.paths import cache_root
+from gptcli.paths import cache_root, write_atomic
 
 CACHE_FORMAT = 1
 
@@ -110,10 +108,7 @@ def _cached_matrix(header: GGUFHeader, name: str) -> tuple[np.ndarray, bool]:
     matrix = dequantize(header, name)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, matrix)
-        os.replace(tmp, file)
+        write_atomic(file, lambda f: np.save(f, matrix))
     except OSError:
         pass  # a read-only cache costs the next run a dequantization, nothing more
     return matrix, True

@@ -19,12 +19,11 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from gptcli.errors import GptcliError
 from gptcli.llama.libllama import load_first
-from gptcli.paths import cache_root  # the same cache directory as embeddings
+from gptcli.paths import cache_root, write_atomic  # the cache embeddings use
 from gptcli.terminal import safe
 
 ENV_SKIP = "GPTCLI_NO_LOAD_CHECK"
@@ -66,10 +65,7 @@ def remember(path: Path) -> None:
     entries = (entries + [me])[-MAX_ENTRIES:]
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".loaded-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(entries, f)
-        os.replace(tmp, cache)
+        write_atomic(cache, lambda f: f.write(json.dumps(entries).encode()))
     except OSError:  # a read-only cache only costs the check again next time
         pass
 

@@ -189,7 +189,7 @@ def _bounded(timeout: float | None) -> None:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise GptcliError(
-                f"the hub at {endpoint()} compressed an API reply ({encoding}) it was asked "
+                f"the hub at {endpoint()} compressed an API reply ({encoding[:40]}) it was asked "
                 "not to: refused"
             )
         response.stream = _Capped(response.stream, endpoint())
